@@ -1,0 +1,102 @@
+// The engine's public face: start it on a model and a list of devices, add requests, read each
+// request's token events from its own stream, abort, and look at the pool and queue statistics.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "ember/config.h"
+#include "ember/sampling.h"
+
+namespace ember {
+
+struct EngineOptions {
+  std::string model_path;
+  std::vector<std::string> devices{"cpu"};  // one pipeline stage per entry: "cpu", "cuda:0", "0"
+  std::vector<int64_t> layer_split;         // layers per stage; empty = even split
+  std::string transport = "auto";           // auto | peer | host (between GPU stages)
+  int64_t max_model_len = 0;                // 0 = min(config, 8192)
+  int64_t kv_cache_tokens = 0;              // 0 = sized from kv_memory_fraction / defaults
+  double kv_memory_fraction = 0.0;          // of free memory (GPU) ; 0 = default
+  int32_t block_size = 16;
+  int32_t max_num_seqs = 256;
+  int32_t max_num_batched_tokens = 2048;    // token budget of one step
+  int32_t chunk_size = 512;                 // longest prefill chunk of one sequence in a step
+  int32_t num_threads = 0;                  // CPU backend threads per stage; 0 = all cores
+};
+
+enum class FinishReason : uint8_t { None, Stop, Length, Abort, Error };
+const char* finish_reason_name(FinishReason r);
+
+struct TokenEvent {
+  int32_t token = -1;  // -1 when the event only carries a finish (abort, error)
+  float logprob = 0.0f;
+  std::vector<std::pair<int32_t, float>> top_logprobs;
+  std::vector<float> logits;
+  FinishReason finish = FinishReason::None;
+  std::string error;
+};
+
+struct EngineStats {
+  int64_t num_blocks = 0;       // KV pages per stage (same on every stage)
+  int64_t blocks_used = 0;
+  int64_t blocks_free = 0;
+  int64_t block_size = 0;
+  int64_t running = 0;
+  int64_t waiting = 0;
+  int64_t preemptions = 0;
+  int64_t steps = 0;
+  int64_t prompt_tokens = 0;     // prompt tokens computed (including recomputation)
+  int64_t generated_tokens = 0;
+  int64_t num_stages = 0;
+  int64_t max_model_len = 0;
+};
+
+class RequestStream;
+
+class Engine {
+ public:
+  explicit Engine(const EngineOptions& opts);
+  ~Engine();
+  Engine(const Engine&) = delete;
+  Engine& operator=(const Engine&) = delete;
+
+  // Validates and queues a request. Throws InvalidArgument for bad ids or parameters, or a prompt
+  // that cannot fit the context or the KV pool.
+  std::shared_ptr<RequestStream> add_request(std::vector<int32_t> prompt, const SamplingOptions& opts);
+  // Aborts a request (no-op if it already finished); its pages are freed by the engine thread.
+  void abort(uint64_t request_id);
+  EngineStats stats() const;
+  const ModelConfig& config() const;
+  const EngineOptions& options() const;
+  // True while the engine thread runs; false after a fatal error (see fatal_error()).
+  bool healthy() const;
+  std::string fatal_error() const;
+
+  class Impl;
+
+ private:
+  std::unique_ptr<Impl> impl_;
+};
+
+// One request's events, in order; the last one has finish != None.
+class RequestStream {
+ public:
+  explicit RequestStream(uint64_t id) : id_(id) {}
+  virtual ~RequestStream() = default;
+  uint64_t id() const { return id_; }
+  // Waits up to `timeout` for the next event; false on timeout. After the final event, returns
+  // false immediately.
+  virtual bool next(TokenEvent* ev, std::chrono::milliseconds timeout) = 0;
+  // Takes every event already queued without waiting.
+  virtual std::vector<TokenEvent> drain() = 0;
+  virtual bool finished() const = 0;
+
+ private:
+  uint64_t id_;
+};
+
+}  // namespace ember
