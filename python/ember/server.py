@@ -31,6 +31,10 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
 from ember.server_metrics import ServerMetrics
 from ember.server_protocol import (
     ApiError,
@@ -43,9 +47,6 @@ from ember.server_protocol import (
     parse_completion,
     parse_json_body,
 )
-from fastapi import Depends, FastAPI, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 POLL_S = 0.1  # how long a reader thread waits for an event before checking engine health
 MAX_BATCH_EVENTS = 64  # events taken in one thread hop when a client has fallen behind
@@ -133,22 +134,29 @@ class Choice:
     text: list[str] = field(default_factory=list)
     logprobs: list[tuple[int, float | None, list[tuple[int, float]]]] = field(
         default_factory=list)
+    top_logprobs: int = 0  # how many alternatives to report per token when logprobs are on
     finish_reason: str | None = None
     error: str | None = None
     last_token_time: float | None = None
 
 
-def _read_batch(req: Any, timeout: float) -> list[tuple[Any, float]]:
-    """Worker thread: wait for one event, then take those already queued, each timestamped."""
+Read = tuple[Any, float, dict[int, float] | None]  # event, arrival time, its logprob table
+Queued = tuple["Choice", Any, float, dict[int, float] | None]
+
+
+def _read_batch(req: Any, timeout: float) -> list[Read]:
+    """Worker thread: wait for one event, then take those already queued, each timestamped.
+    The request's per-token logprob table (sampled token + top k) is taken with its event."""
+    out: list[Read] = []
     ev = req.next_event(timeout)
-    if ev is None:
-        return []
-    out = [(ev, time.monotonic())]
-    while ev.finish_reason is None and len(out) < MAX_BATCH_EVENTS:
-        ev = req.next_event(0.0)
-        if ev is None:
+    while ev is not None:
+        table = None
+        if ev.token_id is not None and req.logprobs:
+            table = req.logprobs[-1]
+        out.append((ev, time.monotonic(), table))
+        if ev.finish_reason is not None or len(out) >= MAX_BATCH_EVENTS:
             break
-        out.append((ev, time.monotonic()))
+        ev = req.next_event(0.0)
     return out
 
 
@@ -160,8 +168,8 @@ class Generation:
         self._server = server
         self.choices = choices
         self._arrival = arrival
-        # (choice, event, time), a pump's exception, or None: closed, stop waiting.
-        self._queue: asyncio.Queue[tuple[Choice, Any, float] | BaseException | None] = \
+        # (choice, event, time, logprob table), a pump's exception, or None: closed, stop.
+        self._queue: asyncio.Queue[Queued | BaseException | None] = \
             asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
@@ -210,7 +218,7 @@ class Generation:
                 return
             if isinstance(item, BaseException):
                 raise item
-            choice, ev, t = item
+            choice, ev, t, table = item
             if choice.finish_reason is not None:
                 continue  # closed already
             if ev.token_id is not None:
@@ -221,13 +229,14 @@ class Generation:
                     metrics.itl.observe(t - choice.last_token_time)
                 choice.last_token_time = t
                 choice.token_ids.append(int(ev.token_id))
-                choice.logprobs.append((int(ev.token_id), getattr(ev, "logprob", None),
-                                        list(getattr(ev, "top_logprobs", None) or [])))
+                top = sorted((table or {}).items(), key=lambda kv: -kv[1])
+                choice.logprobs.append((int(ev.token_id), ev.logprob,
+                                        top[:choice.top_logprobs]))
             if ev.text:
                 choice.text.append(ev.text)
             if ev.finish_reason is not None:
                 choice.finish_reason = str(ev.finish_reason)
-                choice.error = getattr(ev, "error", None)
+                choice.error = getattr(choice.req, "error", None)
                 self._finish(choice, t)
                 remaining -= 1
             yield choice, ev
@@ -411,7 +420,8 @@ class _Handlers:
                 encoded.append((await asyncio.to_thread(_encode, llm, prompt), prompt))
             else:
                 encoded.append((prompt, None))
-        choices = [Choice(index=i * creq.n + j, prompt_ids=ids, prompt_text=text)
+        choices = [Choice(index=i * creq.n + j, prompt_ids=ids, prompt_text=text,
+                          top_logprobs=creq.logprobs or 0)
                    for i, (ids, text) in enumerate(encoded) for j in range(creq.n)]
 
         def build(c: Choice) -> Any:
@@ -539,7 +549,8 @@ class _Handlers:
             return ids, list(chat_stop_token_ids(llm.tokenizer))
 
         prompt_ids, stop_ids = await asyncio.to_thread(render)
-        choices = [Choice(index=j, prompt_ids=prompt_ids, prompt_text=None)
+        choices = [Choice(index=j, prompt_ids=prompt_ids, prompt_text=None,
+                          top_logprobs=creq.top_logprobs or 0)
                    for j in range(creq.n)]
         logprobs = (creq.top_logprobs or 0) if creq.logprobs else None
 
@@ -798,6 +809,7 @@ def main(argv: list[str] | None = None) -> None:
     """`ember serve` / `python -m ember.server`."""
     args = build_arg_parser().parse_args(argv)
     import uvicorn
+
     from ember import LLM
 
     def load() -> Any:
