@@ -50,6 +50,7 @@ from ember.server_protocol import (
 
 POLL_S = 0.1  # how long a reader thread waits for an event before checking engine health
 MAX_BATCH_EVENTS = 64  # events taken in one thread hop when a client has fallen behind
+YIELD_EVERY = 8  # events handled back to back before giving other tasks a turn
 RETRY_AFTER_S = 1
 DEFAULT_MAX_WAITING = 256
 SEED_MODULUS = 2**64
@@ -212,7 +213,13 @@ class Generation:
         """Yields (choice, event) in arrival order until every choice has finished."""
         metrics = self._server.metrics
         remaining = sum(1 for c in self.choices if c.finish_reason is None)
+        handled = 0
         while remaining:
+            handled += 1
+            if handled % YIELD_EVERY == 0:
+                # A full queue never suspends get(), and a socket write rarely does: let the
+                # disconnect watcher and other requests run between bursts.
+                await asyncio.sleep(0)
             item = await self._queue.get()
             if item is None:
                 return

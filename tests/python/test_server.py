@@ -10,92 +10,20 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
+import openai
 import pytest
-
-openai = pytest.importorskip("openai")  # the `test` extra installs it; a missing one is visible
 
 API_KEY = "test-key-123"
 CTX = 2048
 MAX_NUM_SEQS = 2
 MAX_WAITING = 2
 SERVED_NAME = "tiny-llama"
-CHATML = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
-)
-SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-CORPUS = [
-    "The quick brown fox jumps over the lazy dog near the river bank.",
-    "A small engine runs language models on the cards in your own computer.",
-    "Every morning the baker opens the shop and sells fresh bread and warm coffee.",
-    "Hello, how are you today? I am fine, thank you, and I hope you are well too.",
-    "Numbers like 12, 345 and 6789 appear in tables, charts and receipts.",
-]
-
-
-# ---------------------------------------------------------------------------------------------
-# a tiny llama checkpoint (private until tests/python/tiny_models.py is shared)
-
-
-def _write_tiny_llama(out: Path, seed: int = 0) -> Path:
-    from safetensors.numpy import save_file
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=SPECIALS, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(CORPUS * 4, trainer)
-    vocab = tok.get_vocab_size()
-    tok.save(str(out / "tokenizer.json"))
-    (out / "tokenizer_config.json").write_text(json.dumps({
-        "chat_template": CHATML, "eos_token": "<|im_end|>", "bos_token": None,
-        "pad_token": "<|endoftext|>", "add_bos_token": False,
-        "tokenizer_class": "PreTrainedTokenizerFast",
-    }))
-    hidden, layers, heads, kv_heads, ffn = 64, 2, 4, 2, 128
-    head_dim = hidden // heads
-    (out / "config.json").write_text(json.dumps({
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": hidden,
-        "intermediate_size": ffn, "num_hidden_layers": layers, "num_attention_heads": heads,
-        "num_key_value_heads": kv_heads, "head_dim": head_dim, "vocab_size": vocab,
-        "max_position_embeddings": CTX, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
-        "tie_word_embeddings": False, "torch_dtype": "float32", "hidden_act": "silu",
-        "bos_token_id": 0, "eos_token_id": 2,
-    }))
-    rng = np.random.default_rng(seed)
-
-    def w(*shape: int, scale: float = 0.08) -> np.ndarray:
-        return (rng.standard_normal(shape) * scale).astype(np.float32)
-
-    tensors = {"model.embed_tokens.weight": w(vocab, hidden, scale=1.0),
-               "model.norm.weight": np.ones(hidden, np.float32),
-               "lm_head.weight": w(vocab, hidden, scale=0.3)}
-    for i in range(layers):
-        p = f"model.layers.{i}."
-        tensors |= {
-            p + "input_layernorm.weight": np.ones(hidden, np.float32),
-            p + "post_attention_layernorm.weight": np.ones(hidden, np.float32),
-            p + "self_attn.q_proj.weight": w(heads * head_dim, hidden),
-            p + "self_attn.k_proj.weight": w(kv_heads * head_dim, hidden),
-            p + "self_attn.v_proj.weight": w(kv_heads * head_dim, hidden),
-            p + "self_attn.o_proj.weight": w(hidden, heads * head_dim),
-            p + "mlp.gate_proj.weight": w(ffn, hidden),
-            p + "mlp.up_proj.weight": w(ffn, hidden),
-            p + "mlp.down_proj.weight": w(hidden, ffn),
-        }
-    save_file(tensors, str(out / "model.safetensors"))
-    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -179,8 +107,8 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _write_tiny_llama(tmp_path_factory.mktemp("serve-llama"))
+def model_dir(tiny_model: Callable[..., Path]) -> Path:
+    return tiny_model("llama", max_position_embeddings=CTX)
 
 
 @pytest.fixture(scope="module")
@@ -348,9 +276,9 @@ def test_disconnect_mid_stream_frees_pages(server: Server) -> None:
     with httpx.Client(timeout=30) as c, c.stream("POST", server.url + "/v1/completions",
                                                  json=body, headers=server.headers()) as r:
         assert r.status_code == 200
-        for i, _ in enumerate(r.iter_lines()):
-            if i >= 6:
-                break
+        lines = r.iter_lines()  # (leaving a `for` over it early would close the stream)
+        for _ in range(6):
+            next(lines)
         assert server.metrics()["ember_kv_pages_used"] > 0  # it is still running
     after = server.wait_idle()
     assert after[aborted_key] == before.get(aborted_key, 0) + 1
