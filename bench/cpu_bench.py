@@ -19,9 +19,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests" / "python"))
 
-from tiny_models import write_tiny_model  # noqa: E402
-
 from ember import LLM, SamplingParams  # noqa: E402
+from tiny_models import write_tiny_model  # noqa: E402
 
 SMOLLM2_SHAPE = dict(vocab=49152, hidden=576, layers=30, heads=9, kv_heads=3, ffn=1536, tied=True)
 
@@ -37,10 +36,16 @@ def weight_bytes(dtype: str) -> int:
 def run(dtype: str, prompt_len: int, new_tokens: int, threads: int, repeats: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         path = write_tiny_model(
-            Path(tmp) / "m", "llama", dtype=dtype, with_tokenizer=False,
-            max_position_embeddings=4096, **SMOLLM2_SHAPE,
+            Path(tmp) / "m",
+            "llama",
+            dtype=dtype,
+            with_tokenizer=False,
+            max_position_embeddings=4096,
+            **SMOLLM2_SHAPE,
         )
-        llm = LLM(str(path), num_threads=threads, skip_tokenizer_init=True, max_num_batched_tokens=2048)
+        llm = LLM(
+            str(path), num_threads=threads, skip_tokenizer_init=True, max_num_batched_tokens=2048
+        )
         prompt = [(i * 37 + 11) % 49152 for i in range(prompt_len)]
         llm.generate([prompt[:16]], SamplingParams(max_tokens=4, temperature=0))  # warm-up
         pp, tg = [], []
@@ -75,10 +80,15 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "cpu_smollm2_shape.json"))
     args = ap.parse_args()
-    rows = [run(d, args.prompt, args.new_tokens, args.threads, args.repeats) for d in args.dtypes.split(",")]
-    print(f"{'dtype':<10}{'pp' + str(args.prompt) + ' tok/s':>16}{'tg' + str(args.new_tokens) + ' tok/s':>16}{'weights GB/s':>14}")
+    rows = [
+        run(d, args.prompt, args.new_tokens, args.threads, args.repeats)
+        for d in args.dtypes.split(",")
+    ]
+    pp_head, tg_head = f"pp{args.prompt} tok/s", f"tg{args.new_tokens} tok/s"
+    print(f"{'dtype':<10}{pp_head:>16}{tg_head:>16}{'weights GB/s':>14}")
     for r in rows:
-        print(f"{r['dtype']:<10}{max(r['prefill_tok_s']):>16.1f}{max(r['decode_tok_s']):>16.1f}{r['decode_weight_gb_s']:>14.2f}")
+        pp, tg = max(r["prefill_tok_s"]), max(r["decode_tok_s"])
+        print(f"{r['dtype']:<10}{pp:>16.1f}{tg:>16.1f}{r['decode_weight_gb_s']:>14.2f}")
     result = {
         "benchmark": "cpu_smollm2_shape",
         "machine": platform.processor() or platform.machine(),

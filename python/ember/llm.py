@@ -48,9 +48,13 @@ class Request:
         self.error: str | None = None
         tok = llm.tokenizer
         self._detok = (
-            IncrementalDetokenizer(tok, prompt_ids, params.skip_special_tokens) if tok is not None else None
+            IncrementalDetokenizer(tok, prompt_ids, params.skip_special_tokens)
+            if tok is not None
+            else None
         )
-        self._stops = StopStringMatcher(list(params.stop)) if params.stop and tok is not None else None
+        self._stops = (
+            StopStringMatcher(list(params.stop)) if params.stop and tok is not None else None
+        )
         self.metrics = RequestMetrics(
             arrival_time=time.monotonic(),
             first_token_time=None,
@@ -277,7 +281,9 @@ class LLM:
             raise ValueError("chat needs a tokenizer with a chat template; this model has none")
         ids = prepare_chat_prompt(self.tokenizer, messages, add_generation_prompt=True)
         params = params or SamplingParams(max_tokens=256)
-        extra = [t for t in chat_stop_token_ids(self.tokenizer) if t not in (params.stop_token_ids or [])]
+        extra = [
+            t for t in chat_stop_token_ids(self.tokenizer) if t not in (params.stop_token_ids or [])
+        ]
         params = _with_stop_ids(params, list(params.stop_token_ids or []) + extra)
         return self.submit(ids, params)
 
@@ -304,7 +310,9 @@ class LLM:
     # ---- helpers ----
     def encode(self, text: str) -> list[int]:
         if self.tokenizer is None:
-            raise ValueError("this model was loaded without a tokenizer; pass token ids instead of text")
+            raise ValueError(
+                "this model was loaded without a tokenizer; pass token ids instead of text"
+            )
         return self.tokenizer.encode(text)
 
     def _prompt_ids(self, prompt: PromptType) -> tuple[str | None, list[int]]:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from tiny_models import write_tiny_model
 
 ModelFactory = Callable[..., Path]

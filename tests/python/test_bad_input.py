@@ -6,6 +6,7 @@ import math
 import time
 
 import pytest
+
 from ember import SamplingParams
 from numpy_reference import ReferenceModel
 from tiny_models import SAMPLE_PROMPT_IDS

@@ -9,9 +9,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import ember
 import numpy as np
 import pytest
+
+import ember
 from numpy_reference import ReferenceModel
 from tiny_models import SAMPLE_PROMPT_IDS
 

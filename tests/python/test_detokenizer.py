@@ -6,10 +6,11 @@ import random
 from collections.abc import Sequence
 
 import pytest
-from ember.detokenizer import IncrementalDetokenizer
-from ember.tokenizer import Tokenizer
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
+
+from ember.detokenizer import IncrementalDetokenizer
+from ember.tokenizer import Tokenizer
 
 CORPUS = [
     "Hello wörld, naïve café — déjà vu.",

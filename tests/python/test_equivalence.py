@@ -6,6 +6,7 @@ import time
 
 import numpy as np
 import pytest
+
 from ember import SamplingParams
 from numpy_reference import rel_error
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from tokenizers import Tokenizer
+
 from ember import SamplingParams
 from numpy_reference import ReferenceModel, rel_error
 from tiny_models import FAMILIES, SAMPLE_NEW_TOKENS, SAMPLE_PROMPT_IDS
-from tokenizers import Tokenizer
 
 PROMPT = list(SAMPLE_PROMPT_IDS)
 N = SAMPLE_NEW_TOKENS

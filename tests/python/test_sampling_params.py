@@ -6,6 +6,7 @@ import math
 from typing import Any
 
 import pytest
+
 from ember.sampling_params import SamplingParams
 
 REJECTED: list[tuple[str, Any]] = [

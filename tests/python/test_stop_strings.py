@@ -5,6 +5,7 @@ import itertools
 import random
 
 import pytest
+
 from ember.stop_strings import StopStringMatcher
 
 

@@ -6,6 +6,7 @@ import threading
 import time
 
 import pytest
+
 from ember import SamplingParams
 from tiny_models import SAMPLE_PROMPT_IDS
 

@@ -7,9 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ember.tokenizer import Tokenizer
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, processors, trainers
+
+from ember.tokenizer import Tokenizer
 
 SPECIALS = ["<s>", "</s>", "<|eot|>", "<|im_end|>"]  # ids 0..3
 
