@@ -17,6 +17,7 @@
 #include "ember/weights.h"
 #include "kv/block_manager.h"
 #include "model/decoder.h"
+#include "model/random_model.h"
 #include "model/weights.h"
 #include "pipeline/stage_plan.h"
 #include "pipeline/stage_worker.h"
@@ -108,7 +109,12 @@ class Engine::Impl {
 };
 
 Engine::Impl::Impl(const EngineOptions& opts) : opts_(opts) {
-  ModelFiles files = open_model(opts_.model_path);
+  ModelFiles files;
+  if (is_random_model(opts_.model_path)) {
+    files.config = random_model_config(opts_.model_path);
+  } else {
+    files = open_model(opts_.model_path);
+  }
   cfg_ = files.config;
   validate_options();
   build_stages(files);
@@ -164,7 +170,10 @@ void Engine::Impl::build_stages(const ModelFiles& files) {
   std::vector<StageWeights> weights;
   for (int s = 0; s < S; ++s) {
     backends.push_back(make_backend(devs[s], opts_));
-    weights.push_back(load_stage_weights(cfg_, *files.weights, *backends[s], plan[s].begin, plan[s].end, s == 0, s == S - 1));
+    const bool first = s == 0, last = s == S - 1;
+    weights.push_back(files.weights
+                          ? load_stage_weights(cfg_, *files.weights, *backends[s], plan[s].begin, plan[s].end, first, last)
+                          : random_stage_weights(cfg_, *backends[s], plan[s].begin, plan[s].end, first, last, 1234));
   }
   // KV pool: the same page count on every stage, sized by the tightest one.
   int64_t tokens = opts_.kv_cache_tokens;

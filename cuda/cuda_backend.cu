@@ -265,6 +265,12 @@ class CudaBackendImpl final : public CudaBackend {
     EMBER_CUDA_CHECK_OP("add", launch_add(a.data, b.data, a.numel(), a.dtype, stream_));
   }
 
+  void fill_random(Tensor& t, uint64_t seed, float scale, float offset) override {
+    DeviceGuard g(device_);
+    require_float("fill_random", "t", t);
+    EMBER_CUDA_CHECK_OP("fill_random", launch_fill_random(t.data, t.numel(), seed, scale, offset, t.dtype, stream_));
+  }
+
   void gather_rows(const Tensor& x, const int32_t* idx, int64_t n, Tensor& out) override {
     DeviceGuard g(device_);
     require_float("gather_rows", "x", x);

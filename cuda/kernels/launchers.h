@@ -33,6 +33,10 @@ cudaError_t launch_silu_mul(const void* x, void* out, int64_t T, int64_t F, DTyp
 cudaError_t launch_kv_write(const void* k, const void* v, const int32_t* slot_mapping, void* k_cache, void* v_cache,
                             int64_t T, int64_t row_elems, DType dtype, cudaStream_t stream);
 
+// x[i] = random_fill_value(seed, i, scale, offset) in x's dtype.
+cudaError_t launch_fill_random(void* x, int64_t n, uint64_t seed, float scale, float offset, DType dtype,
+                               cudaStream_t stream);
+
 // a[i] += b[i]
 cudaError_t launch_add(void* a, const void* b, int64_t n, DType dtype, cudaStream_t stream);
 // out[i] = x[idx[i]] for rows of row_elems.

@@ -86,6 +86,9 @@ class Backend {
   virtual void add(Tensor& a, const Tensor& b) = 0;
   // out[i] = x[idx[i]]
   virtual void gather_rows(const Tensor& x, const int32_t* idx, int64_t n, Tensor& out) = 0;
+  // t[i] = random_fill_value(seed, i, scale, offset) (ember/random_fill.h), in t's dtype: builds
+  // random-weight models directly in the backend's memory.
+  virtual void fill_random(Tensor& t, uint64_t seed, float scale, float offset) = 0;
   // Samples one token per row of logits [N, V]; results land on the host.
   virtual void sample(const Tensor& logits, const std::vector<SamplingRow>& rows,
                       std::vector<SampleResult>* out) = 0;

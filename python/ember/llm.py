@@ -187,7 +187,10 @@ class LLM:
 
             model = default_model_path()
         path = os.fspath(model)
-        if not os.path.exists(path):
+        random_model = path.startswith("random:")
+        if random_model:
+            skip_tokenizer_init = True
+        elif not os.path.exists(path):
             raise _C.ModelFormatError(f"model path {path!r} does not exist")
         opts = _C.EngineOptions()
         opts.model_path = path
@@ -295,7 +298,14 @@ class LLM:
 
     @property
     def healthy(self) -> bool:
-        return bool(self._engine.healthy)
+        return self._engine is not None and bool(self._engine.healthy)
+
+    @property
+    def fatal_error(self) -> str | None:
+        """Why the engine stopped, or None while it is healthy."""
+        if self._engine is None:
+            return "the engine is closed"
+        return None if self._engine.healthy else str(self._engine.fatal_error)
 
     def close(self) -> None:
         """Stops the engine threads and frees the model's memory."""

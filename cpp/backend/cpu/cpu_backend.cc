@@ -10,6 +10,7 @@
 
 #include "backend/cpu/cpu_kernels.h"
 #include "ember/backend.h"
+#include "ember/random_fill.h"
 #include "ember/error.h"
 
 namespace ember {
@@ -226,6 +227,19 @@ class CpuBackend final : public Backend {
     require_f32(b, "add", "b");
     require(a.numel() == b.numel(), "add", "a " + dims(a) + " and b " + dims(b) + " must match");
     cpu::add(a.as<float>(), b.as<float>(), a.numel(), threads_);
+  }
+
+  void fill_random(Tensor& t, uint64_t seed, float scale, float offset) override {
+    const int64_t n = t.numel();
+    for (int64_t i = 0; i < n; ++i) {
+      const float v = random_fill_value(seed, static_cast<uint64_t>(i), scale, offset);
+      switch (t.dtype) {
+        case DType::F32: t.as<float>()[i] = v; break;
+        case DType::F16: t.as<uint16_t>()[i] = f32_to_f16(v); break;
+        case DType::BF16: t.as<uint16_t>()[i] = f32_to_bf16(v); break;
+        default: throw InvalidArgument("cpu fill_random: unsupported dtype " + std::string(dtype_name(t.dtype)));
+      }
+    }
   }
 
   void gather_rows(const Tensor& x, const int32_t* idx, int64_t n, Tensor& out) override {
