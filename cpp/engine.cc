@@ -205,14 +205,15 @@ void Engine::Impl::build_stages(const ModelFiles& files) {
   for (int s = 0; s < S; ++s) {
     auto dec = std::make_unique<DecoderStage>(cfg_, std::move(weights[s]), *backends[s], max_tokens, max_logits,
                                               num_blocks_, opts_.block_size, s == 0, s == S - 1);
-    stages_.push_back(std::make_unique<StageWorker>(s, std::move(backends[s]), std::move(dec), S, max_tokens, cfg_.hidden_size));
+    stages_.push_back(std::make_unique<StageWorker>(s, std::move(backends[s]), std::move(dec), S, max_tokens,
+                                                    cfg_.hidden_size, opts_.profile_stages));
   }
   for (int s = 0; s < S; ++s) {
     StageWorker* next = s + 1 < S ? stages_[s + 1].get() : nullptr;
     std::unique_ptr<Transport> t;
     if (next) {
       const size_t bytes = static_cast<size_t>(max_tokens * cfg_.hidden_size) * 4;
-      t = make_host_staged_transport(stages_[s]->backend(), next->backend(), bytes);
+      t = make_stage_transport(stages_[s]->backend(), next->backend(), opts_.transport, bytes, S);
     }
     stages_[s]->start(next, std::move(t), [this](StageResult r) { inbox_.push(std::move(r)); });
   }
@@ -442,6 +443,18 @@ void Engine::Impl::publish_stats() {
   st.generated_tokens = generated_tokens_;
   st.num_stages = static_cast<int64_t>(stages_.size());
   st.max_model_len = opts_.max_model_len;
+  for (auto& w : stages_) {
+    StageStats ss;
+    ss.device = w->backend().name();
+    ss.transport = w->transport_name();
+    ss.layers = w->decoder().num_layers();
+    ss.weight_bytes = static_cast<int64_t>(w->decoder().weight_bytes());
+    const StageTimes t = w->times();
+    ss.compute_s = t.compute_s;
+    ss.copy_s = t.copy_s;
+    ss.batches = t.batches;
+    st.stages.push_back(ss);
+  }
   std::lock_guard<std::mutex> lock(stats_mu_);
   stats_ = st;
 }

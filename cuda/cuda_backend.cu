@@ -159,6 +159,7 @@ class CudaBackendImpl final : public CudaBackend {
   size_t reserved_bytes() const override { return arena_->capacity(); }
   size_t reserve_remaining() const override { return arena_->free_bytes(); }
   bool use_graphs() const override { return opts_.use_graphs; }
+  void* native_stream() const override { return stream_; }
 
   // ---- memory ----
   Buffer allocate(size_t bytes, const std::string& what) override { return arena_->allocate(bytes, what); }

@@ -7,6 +7,7 @@
 
 #if defined(EMBER_HAVE_CUDA) && __has_include("ember/cuda_backend.h")
 #include "ember/cuda_backend.h"
+#include "cuda_transport.h"
 #define EMBER_CUDA_FACTORY 1
 #endif
 
@@ -41,6 +42,17 @@ std::unique_ptr<Backend> make_backend(const DeviceSpec& dev, const EngineOptions
   throw InvalidArgument("devices: '" + dev.text + "' needs the CUDA backend, but this build of Ember has none "
                         "(reinstall on a machine with the CUDA toolkit, -Ccmake.define.EMBER_CUDA=ON)");
 #endif
+}
+
+std::unique_ptr<Transport> make_stage_transport(Backend& from, Backend& to, const std::string& mode, size_t max_bytes,
+                                                int num_slots) {
+#ifdef EMBER_CUDA_FACTORY
+  auto* a = dynamic_cast<CudaBackend*>(&from);
+  auto* b = dynamic_cast<CudaBackend*>(&to);
+  if (a && b) return make_cuda_transport(*a, *b, mode, max_bytes, num_slots);
+#endif
+  (void)num_slots;
+  return make_host_staged_transport(from, to, max_bytes);
 }
 
 size_t backend_free_bytes(Backend& backend) {

@@ -7,6 +7,7 @@
 
 #include "ember/backend.h"
 #include "ember/engine.h"
+#include "pipeline/transport.h"
 
 namespace ember {
 
@@ -18,6 +19,10 @@ struct DeviceSpec {
 
 DeviceSpec parse_device(const std::string& text);
 std::unique_ptr<Backend> make_backend(const DeviceSpec& dev, const EngineOptions& opts);
+// The transport from one stage's backend to the next: CUDA peer copy or pinned host staging
+// between GPUs (`mode` auto | peer | host), plain host staging otherwise.
+std::unique_ptr<Transport> make_stage_transport(Backend& from, Backend& to, const std::string& mode, size_t max_bytes,
+                                                int num_slots);
 // Bytes of memory the backend can still give out (for sizing the KV pool); 0 = unknown.
 size_t backend_free_bytes(Backend& backend);
 

@@ -13,6 +13,11 @@
 #include "ember/engine.h"
 #include "ember/error.h"
 
+#if __has_include("bindings/bench_bindings.h")
+#include "bindings/bench_bindings.h"
+#define EMBER_BIND_BENCH 1
+#endif
+
 #if __has_include("bindings/gguf_bindings.h")
 #include "bindings/gguf_bindings.h"
 #define EMBER_BIND_GGUF 1
@@ -68,6 +73,19 @@ nb::dict stats_dict(const EngineStats& s) {
   d["generated_tokens"] = s.generated_tokens;
   d["num_stages"] = s.num_stages;
   d["max_model_len"] = s.max_model_len;
+  nb::list stages;
+  for (const StageStats& st : s.stages) {
+    nb::dict sd;
+    sd["device"] = st.device;
+    sd["transport"] = st.transport;
+    sd["layers"] = st.layers;
+    sd["compute_s"] = st.compute_s;
+    sd["copy_s"] = st.copy_s;
+    sd["batches"] = st.batches;
+    sd["weight_bytes"] = st.weight_bytes;
+    stages.append(sd);
+  }
+  d["stages"] = stages;
   return d;
 }
 
@@ -104,7 +122,8 @@ NB_MODULE(_C, m) {
       .def_rw("num_threads", &EngineOptions::num_threads)
       .def_rw("max_memory", &EngineOptions::max_memory)
       .def_rw("gpu_memory_utilization", &EngineOptions::gpu_memory_utilization)
-      .def_rw("use_cuda_graphs", &EngineOptions::use_cuda_graphs);
+      .def_rw("use_cuda_graphs", &EngineOptions::use_cuda_graphs)
+      .def_rw("profile_stages", &EngineOptions::profile_stages);
 
   nb::class_<SamplingOptions>(m, "SamplingOptions")
       .def(nb::init<>())
@@ -168,5 +187,8 @@ NB_MODULE(_C, m) {
 
 #ifdef EMBER_BIND_GGUF
   bind_gguf(m);
+#endif
+#ifdef EMBER_BIND_BENCH
+  bind_bench(m);
 #endif
 }

@@ -3,13 +3,15 @@
 // down the pipeline with the batch, so the engine hears about it and keeps serving.
 #include "pipeline/stage_worker.h"
 
+#include <chrono>
+
 #include "ember/error.h"
 
 namespace ember {
 
 StageWorker::StageWorker(int index, std::unique_ptr<Backend> backend, std::unique_ptr<DecoderStage> decoder,
-                         int num_slots, int64_t max_tokens, int64_t hidden)
-    : index_(index), backend_(std::move(backend)), decoder_(std::move(decoder)), hidden_(hidden) {
+                         int num_slots, int64_t max_tokens, int64_t hidden, bool profile)
+    : index_(index), backend_(std::move(backend)), decoder_(std::move(decoder)), hidden_(hidden), profile_(profile) {
   const size_t bytes = static_cast<size_t>(max_tokens * hidden) * dtype_size(decoder_->activation_dtype());
   for (int i = 0; i < num_slots; ++i)
     slots_.push_back(backend_->allocate(bytes, "activation slot " + std::to_string(i) + " of stage " + std::to_string(index)));
@@ -20,6 +22,7 @@ StageWorker::~StageWorker() { stop(); }
 void StageWorker::start(StageWorker* next, std::unique_ptr<Transport> to_next, ResultSink sink) {
   next_ = next;
   to_next_ = std::move(to_next);
+  if (next_) next_->from_prev_ = to_next_.get();
   sink_ = std::move(sink);
   thread_ = std::thread([this] { run(); });
 }
@@ -47,16 +50,30 @@ void StageWorker::run() {
 }
 
 void StageWorker::process(StageResult& work) {
+  using clock = std::chrono::steady_clock;
+  const auto t0 = clock::now();
   StepBatch& b = *work.batch;
   DeviceStep step = backend_->upload_step(b.meta);
+  if (from_prev_) from_prev_->wait_arrival(b.slot);
   Tensor x{slots_[b.slot].get(), decoder_->activation_dtype(), {step.num_tokens, hidden_}};
   decoder_->forward(step, x);
+  double compute = 0.0, copy = 0.0;
   if (next_ != nullptr) {
-    to_next_->send(x.data, next_->slot_buffer(b.slot), x.nbytes());
-    return;
+    if (profile_) backend_->synchronize();
+    const auto t1 = clock::now();
+    to_next_->send(x.data, next_->slot_buffer(b.slot), x.nbytes(), b.slot);
+    if (profile_) to_next_->synchronize();
+    compute = std::chrono::duration<double>(t1 - t0).count();
+    copy = std::chrono::duration<double>(clock::now() - t1).count();
+  } else {
+    Tensor logits = decoder_->compute_logits(step, x);
+    backend_->sample(logits, b.sampling, &work.samples);
+    compute = std::chrono::duration<double>(clock::now() - t0).count();
   }
-  Tensor logits = decoder_->compute_logits(step, x);
-  backend_->sample(logits, b.sampling, &work.samples);
+  std::lock_guard<std::mutex> lock(times_mu_);
+  times_.compute_s += compute;
+  times_.copy_s += copy;
+  times_.batches += 1;
 }
 
 }  // namespace ember

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <functional>
+#include <mutex>
 #include <memory>
 #include <string>
 #include <thread>
@@ -16,6 +17,14 @@
 
 namespace ember {
 
+// Cumulative time one stage spent (measured only when the engine profiles its stages, since
+// measuring a GPU stage means waiting for it).
+struct StageTimes {
+  double compute_s = 0.0;
+  double copy_s = 0.0;
+  int64_t batches = 0;
+};
+
 struct StageResult {
   std::shared_ptr<StepBatch> batch;
   std::vector<SampleResult> samples;
@@ -28,7 +37,7 @@ class StageWorker {
 
   // `num_slots` activation buffers of [max_tokens, hidden] receive batches in flight.
   StageWorker(int index, std::unique_ptr<Backend> backend, std::unique_ptr<DecoderStage> decoder, int num_slots,
-              int64_t max_tokens, int64_t hidden);
+              int64_t max_tokens, int64_t hidden, bool profile);
   ~StageWorker();
   StageWorker(const StageWorker&) = delete;
   StageWorker& operator=(const StageWorker&) = delete;
@@ -42,6 +51,10 @@ class StageWorker {
   DecoderStage& decoder() { return *decoder_; }
   void* slot_buffer(int slot) const { return slots_[slot].get(); }
   std::string transport_name() const { return to_next_ ? to_next_->name() : "-"; }
+  StageTimes times() const {
+    std::lock_guard<std::mutex> lock(times_mu_);
+    return times_;
+  }
 
  private:
   void run();
@@ -54,6 +67,10 @@ class StageWorker {
   int64_t hidden_;
   StageWorker* next_ = nullptr;
   std::unique_ptr<Transport> to_next_;
+  Transport* from_prev_ = nullptr;  // owned by the previous stage
+  bool profile_ = false;
+  mutable std::mutex times_mu_;
+  StageTimes times_;
   ResultSink sink_;
   BlockingQueue<StageResult> inbox_;
   std::thread thread_;

@@ -13,12 +13,14 @@ class HostStagedTransport : public Transport {
  public:
   HostStagedTransport(Backend& from, Backend& to, size_t max_bytes) : from_(from), to_(to), staging_(max_bytes) {}
   std::string name() const override { return "host"; }
-  void send(const void* src, void* dst, size_t bytes) override {
+  void send(const void* src, void* dst, size_t bytes, int /*slot*/) override {
     if (bytes > staging_.size())
       throw EngineError("transport: " + std::to_string(bytes) + " bytes exceed the staging buffer of " + std::to_string(staging_.size()));
     from_.copy_to_host(staging_.data(), src, bytes);
     to_.copy_to_device(dst, staging_.data(), bytes);
   }
+  void wait_arrival(int /*slot*/) override {}  // send() returned only once the data had landed
+  void synchronize() override {}
 
  private:
   Backend& from_;

@@ -14,9 +14,14 @@ class Transport {
  public:
   virtual ~Transport() = default;
   virtual std::string name() const = 0;
-  // Copies `bytes` from `src` (in the sending stage's memory) to `dst` (in the receiving stage's
-  // memory); returns when `dst` holds the data and `src` may be reused.
-  virtual void send(const void* src, void* dst, size_t bytes) = 0;
+  // Starts copying `bytes` from `src` (the sending stage's memory, written by work already issued
+  // on its backend) to `dst` (the receiving stage's buffer for pipeline slot `slot`). May return
+  // before the copy is done; the receiver calls wait_arrival(slot) before it reads `dst`.
+  virtual void send(const void* src, void* dst, size_t bytes, int slot) = 0;
+  // Orders the receiver's next work after the arrival of `slot`'s data (a stream wait on GPUs).
+  virtual void wait_arrival(int slot) = 0;
+  // Blocks the calling thread until every copy issued so far has landed (for profiling).
+  virtual void synchronize() = 0;
 };
 
 // Device -> pinned/host staging buffer -> device, through the two backends' copy calls.

@@ -25,6 +25,8 @@ class CudaBackend : public Backend {
   virtual size_t reserved_bytes() const = 0;
   virtual size_t reserve_remaining() const = 0;
   virtual bool use_graphs() const = 0;
+  // The cudaStream_t every op of this backend runs on (as void* so that this header needs no CUDA).
+  virtual void* native_stream() const = 0;
 
   // CUDA graphs of the op stream. Everything issued between capture_begin() and capture_end() is
   // recorded, not run; replay(id) runs it again. upload_step() and sample() must stay outside a

@@ -29,6 +29,7 @@ struct EngineOptions {
   int64_t max_memory = 0;                   // bytes each GPU may use (emulates smaller cards); 0 = all
   double gpu_memory_utilization = 0.0;      // fraction of a GPU's memory to reserve; 0 = default 0.9
   bool use_cuda_graphs = true;
+  bool profile_stages = false;              // time each stage's compute and copy (adds syncs)
 };
 
 enum class FinishReason : uint8_t { None, Stop, Length, Abort, Error };
@@ -41,6 +42,16 @@ struct TokenEvent {
   std::vector<float> logits;
   FinishReason finish = FinishReason::None;
   std::string error;
+};
+
+struct StageStats {
+  std::string device;
+  std::string transport;  // to the next stage ("-" for the last)
+  int64_t layers = 0;
+  double compute_s = 0.0;
+  double copy_s = 0.0;
+  int64_t batches = 0;
+  int64_t weight_bytes = 0;
 };
 
 struct EngineStats {
@@ -56,6 +67,7 @@ struct EngineStats {
   int64_t generated_tokens = 0;
   int64_t num_stages = 0;
   int64_t max_model_len = 0;
+  std::vector<StageStats> stages;
 };
 
 class RequestStream;

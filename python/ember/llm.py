@@ -179,6 +179,7 @@ class LLM:
         max_memory: int | None = None,
         gpu_memory_utilization: float | None = None,
         use_cuda_graphs: bool = True,
+        profile_stages: bool = False,
         tokenizer: str | os.PathLike[str] | None = None,
         skip_tokenizer_init: bool = False,
     ) -> None:
@@ -209,6 +210,7 @@ class LLM:
         opts.max_memory = _non_negative("max_memory", max_memory)
         opts.gpu_memory_utilization = float(gpu_memory_utilization or 0.0)
         opts.use_cuda_graphs = bool(use_cuda_graphs)
+        opts.profile_stages = bool(profile_stages)
         self.model_path = path
         self.tokenizer: Tokenizer | None = None
         if not skip_tokenizer_init:
@@ -293,7 +295,7 @@ class LLM:
     def abort(self, request_id: int) -> None:
         self._engine.abort(int(request_id))
 
-    def stats(self) -> dict[str, int]:
+    def stats(self) -> dict[str, Any]:
         return dict(self._engine.stats())
 
     @property

@@ -1,0 +1,168 @@
+// Both transports run asynchronously: the copy waits on an event recorded after the sending
+// stage's compute, runs on its own stream (so the sender's next chunk computes meanwhile), and the
+// receiver's stream waits on the copy's event. No host thread blocks on a transfer.
+#include "cuda_transport.h"
+
+#include <cuda_runtime.h>
+
+#include <vector>
+
+#include "cuda_check.h"
+#include "ember/error.h"
+
+namespace ember {
+namespace {
+
+class ScopedDevice {
+ public:
+  explicit ScopedDevice(int d) {
+    cudaGetDevice(&prev_);
+    EMBER_CUDA_CHECK(cudaSetDevice(d));
+  }
+  ~ScopedDevice() { cudaSetDevice(prev_); }
+
+ private:
+  int prev_ = 0;
+};
+
+cudaEvent_t make_event(int device) {
+  ScopedDevice g(device);
+  cudaEvent_t e = nullptr;
+  EMBER_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+  return e;
+}
+
+cudaStream_t make_stream(int device) {
+  ScopedDevice g(device);
+  cudaStream_t s = nullptr;
+  EMBER_CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  return s;
+}
+
+class CudaTransportBase : public Transport {
+ public:
+  CudaTransportBase(CudaBackend& from, CudaBackend& to, int num_slots)
+      : from_(from), to_(to), compute_done_(make_event(from.device())), copy_stream_(make_stream(from.device())) {
+    for (int i = 0; i < num_slots; ++i) arrived_.push_back(make_event(from.device()));
+  }
+  ~CudaTransportBase() override {
+    cudaSetDevice(from_.device());
+    cudaStreamSynchronize(copy_stream_);
+    for (cudaEvent_t e : arrived_) cudaEventDestroy(e);
+    cudaEventDestroy(compute_done_);
+    cudaStreamDestroy(copy_stream_);
+  }
+  void wait_arrival(int slot) override {
+    ScopedDevice g(to_.device());
+    EMBER_CUDA_CHECK(cudaStreamWaitEvent(static_cast<cudaStream_t>(to_.native_stream()), arrived_.at(slot), 0));
+  }
+  void synchronize() override {
+    ScopedDevice g(from_.device());
+    EMBER_CUDA_CHECK(cudaStreamSynchronize(copy_stream_));
+  }
+
+ protected:
+  // The copy stream waits for everything issued so far on the sender's compute stream.
+  void order_after_compute() {
+    EMBER_CUDA_CHECK(cudaEventRecord(compute_done_, static_cast<cudaStream_t>(from_.native_stream())));
+    EMBER_CUDA_CHECK(cudaStreamWaitEvent(copy_stream_, compute_done_, 0));
+  }
+  CudaBackend& from_;
+  CudaBackend& to_;
+  cudaEvent_t compute_done_;
+  cudaStream_t copy_stream_;
+  std::vector<cudaEvent_t> arrived_;
+};
+
+class PeerTransport final : public CudaTransportBase {
+ public:
+  PeerTransport(CudaBackend& from, CudaBackend& to, int num_slots) : CudaTransportBase(from, to, num_slots) {
+    if (from.device() == to.device()) return;  // two stages on one card: a plain device copy
+    ScopedDevice g(from.device());
+    cudaError_t e = cudaDeviceEnablePeerAccess(to.device(), 0);
+    if (e == cudaErrorPeerAccessAlreadyEnabled) cudaGetLastError();
+    else EMBER_CUDA_CHECK(e);
+  }
+  std::string name() const override { return "peer"; }
+  void send(const void* src, void* dst, size_t bytes, int slot) override {
+    ScopedDevice g(from_.device());
+    order_after_compute();
+    EMBER_CUDA_CHECK(cudaMemcpyPeerAsync(dst, to_.device(), src, from_.device(), bytes, copy_stream_));
+    EMBER_CUDA_CHECK(cudaEventRecord(arrived_.at(slot), copy_stream_));
+  }
+};
+
+// Device -> pinned host buffer of the slot -> device. The second leg runs on a copy stream of the
+// receiving device, ordered after the first by an event; neither blocks a host thread.
+class PinnedHostTransport final : public CudaTransportBase {
+ public:
+  PinnedHostTransport(CudaBackend& from, CudaBackend& to, size_t max_bytes, int num_slots)
+      : CudaTransportBase(from, to, num_slots), to_stream_(make_stream(to.device())) {
+    for (int i = 0; i < num_slots; ++i) {
+      void* p = nullptr;
+      EMBER_CUDA_CHECK(cudaHostAlloc(&p, max_bytes, cudaHostAllocPortable));
+      staging_.push_back(p);
+      staged_.push_back(make_event(from.device()));
+      landed_.push_back(make_event(to.device()));
+    }
+    max_bytes_ = max_bytes;
+  }
+  ~PinnedHostTransport() override {
+    cudaSetDevice(to_.device());
+    cudaStreamSynchronize(to_stream_);
+    for (cudaEvent_t e : landed_) cudaEventDestroy(e);
+    cudaStreamDestroy(to_stream_);
+    cudaSetDevice(from_.device());
+    cudaStreamSynchronize(copy_stream_);
+    for (cudaEvent_t e : staged_) cudaEventDestroy(e);
+    for (void* p : staging_) cudaFreeHost(p);
+  }
+  std::string name() const override { return "host"; }
+  void send(const void* src, void* dst, size_t bytes, int slot) override {
+    if (bytes > max_bytes_)
+      throw EngineError("host transport: " + std::to_string(bytes) + " bytes exceed the staging buffer");
+    {
+      ScopedDevice g(from_.device());
+      order_after_compute();
+      EMBER_CUDA_CHECK(cudaMemcpyAsync(staging_[slot], src, bytes, cudaMemcpyDeviceToHost, copy_stream_));
+      EMBER_CUDA_CHECK(cudaEventRecord(staged_[slot], copy_stream_));
+    }
+    ScopedDevice g(to_.device());
+    EMBER_CUDA_CHECK(cudaStreamWaitEvent(to_stream_, staged_[slot], 0));
+    EMBER_CUDA_CHECK(cudaMemcpyAsync(dst, staging_[slot], bytes, cudaMemcpyHostToDevice, to_stream_));
+    EMBER_CUDA_CHECK(cudaEventRecord(landed_[slot], to_stream_));
+  }
+  void wait_arrival(int slot) override {
+    ScopedDevice g(to_.device());
+    EMBER_CUDA_CHECK(cudaStreamWaitEvent(static_cast<cudaStream_t>(to_.native_stream()), landed_.at(slot), 0));
+  }
+  void synchronize() override {
+    CudaTransportBase::synchronize();
+    ScopedDevice g(to_.device());
+    EMBER_CUDA_CHECK(cudaStreamSynchronize(to_stream_));
+  }
+
+ private:
+  cudaStream_t to_stream_;
+  std::vector<void*> staging_;
+  std::vector<cudaEvent_t> staged_;
+  std::vector<cudaEvent_t> landed_;
+  size_t max_bytes_ = 0;
+};
+
+}  // namespace
+
+std::unique_ptr<Transport> make_cuda_transport(CudaBackend& from, CudaBackend& to, const std::string& mode,
+                                               size_t max_bytes, int num_slots) {
+  int can = 0;
+  if (from.device() != to.device()) EMBER_CUDA_CHECK(cudaDeviceCanAccessPeer(&can, from.device(), to.device()));
+  else can = 1;
+  if (mode == "host") return std::make_unique<PinnedHostTransport>(from, to, max_bytes, num_slots);
+  if (mode == "peer" && !can)
+    throw InvalidArgument("transport=\"peer\" but cuda:" + std::to_string(from.device()) + " cannot access cuda:" +
+                          std::to_string(to.device()) + " directly; use \"host\" or \"auto\"");
+  if (can) return std::make_unique<PeerTransport>(from, to, num_slots);
+  return std::make_unique<PinnedHostTransport>(from, to, max_bytes, num_slots);
+}
+
+}  // namespace ember
