@@ -325,6 +325,12 @@ void Engine::Impl::submit(std::vector<ScheduledChunk> chunks) {
   int32_t max_blocks = 0;
   for (const auto& c : chunks) max_blocks = std::max<int32_t>(max_blocks, static_cast<int32_t>(c.seq->block_table.size()));
   m.max_blocks_per_seq = std::max(max_blocks, 1);
+  const bool decode_only = std::all_of(chunks.begin(), chunks.end(), [](const ScheduledChunk& c) { return c.length == 1; });
+  if (decode_only) {  // a power of two, so that decode steps of one batch size share a CUDA graph
+    int32_t p = 1;
+    while (p < m.max_blocks_per_seq) p *= 2;
+    m.max_blocks_per_seq = p;
+  }
   m.query_start.push_back(0);
   for (const auto& c : chunks) {
     Sequence* s = c.seq;
@@ -453,6 +459,7 @@ void Engine::Impl::publish_stats() {
     ss.compute_s = t.compute_s;
     ss.copy_s = t.copy_s;
     ss.batches = t.batches;
+    ss.graphs = w->graphs_captured();
     st.stages.push_back(ss);
   }
   std::lock_guard<std::mutex> lock(stats_mu_);

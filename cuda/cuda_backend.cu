@@ -63,6 +63,7 @@ class DeviceGuard {
 // Device scratch that grows (only) when a step needs more than any before it.
 class DeviceScratch {
  public:
+  const void* get() const { return buf_.get(); }
   void* ensure(DeviceArena& arena, cudaStream_t stream, size_t bytes, const char* what) {
     if (bytes <= buf_.bytes() && buf_.get()) return buf_.get();
     size_t want = std::max(bytes, buf_.bytes() * 3 / 2);
@@ -303,6 +304,31 @@ class CudaBackendImpl final : public CudaBackend {
     graphs_.push_back(exec);
     return static_cast<int>(graphs_.size()) - 1;
   }
+  bool supports_graphs() const override { return opts_.use_graphs; }
+  uint64_t graph_key(const DeviceStep& step) const override {
+    uint64_t h = 0xcbf29ce484222325ull;
+    auto mix = [&](uint64_t v) { h = (h ^ v) * 0x100000001b3ull; };
+    mix(static_cast<uint64_t>(step.num_tokens));
+    mix(static_cast<uint64_t>(step.num_seqs));
+    mix(static_cast<uint64_t>(step.num_logits));
+    mix(static_cast<uint64_t>(step.max_blocks_per_seq));
+    mix(static_cast<uint64_t>(step.block_size));
+    mix(static_cast<uint64_t>(step.max_query_len));
+    mix(static_cast<uint64_t>(decode_splits(step.num_seqs, step.max_seq_len)));
+    mix(reinterpret_cast<uint64_t>(meta_dev_.get()));
+    mix(reinterpret_cast<uint64_t>(attn_partials_.get()));
+    mix(reinterpret_cast<uint64_t>(step.query_start));
+    return h;
+  }
+  void capture_abort() override {
+    DeviceGuard g(device_);
+    if (!capturing_) return;
+    capturing_ = false;
+    cudaGraph_t graph = nullptr;
+    cudaStreamEndCapture(stream_, &graph);
+    if (graph) cudaGraphDestroy(graph);
+    cudaGetLastError();
+  }
   void replay(int id) override {
     DeviceGuard g(device_);
     if (id < 0 || id >= static_cast<int>(graphs_.size()))
@@ -312,6 +338,17 @@ class CudaBackendImpl final : public CudaBackend {
 
  private:
   const PrefillWorkItem* prefill_items(int group);
+
+  // Split-K factor of decode attention: enough blocks to fill the GPU on long contexts.
+  int decode_splits(int num_seqs, int max_seq_len) const {
+    if (max_seq_len <= 512 || attn_kv_heads_ <= 0) return 1;
+    const int group = attn_heads_ / attn_kv_heads_;
+    const int base = std::max(1, num_seqs * attn_kv_heads_ * ((group + 3) / 4));
+    const int want = (2 * props_.multiProcessorCount + base - 1) / base;
+    return std::clamp(want, 1, std::min(32, (max_seq_len + 255) / 256));
+  }
+  int attn_heads_ = 0;
+  int attn_kv_heads_ = 0;
 
   int64_t check_norm(const std::string& op, const Tensor& x, const Tensor& w, const Tensor& out) {
     require_float(op, "x", x);
@@ -477,13 +514,9 @@ void CudaBackendImpl::attention(const Tensor& q, const Tensor& k_cache, const Te
     bad("attention", "q has " + std::to_string(q.dim(0)) + " tokens, the step " + std::to_string(step.num_tokens));
   if (step.num_seqs == 0) return;
   if (step.max_query_len <= 1) {
-    const int group = Hq / Hk;
-    const int base = step.num_seqs * Hk * ((group + 3) / 4);
-    int splits = 1;
-    if (step.max_seq_len > 512) {
-      const int want = (2 * props_.multiProcessorCount + base - 1) / base;
-      splits = std::clamp(want, 1, std::min(32, (step.max_seq_len + 255) / 256));
-    }
+    attn_heads_ = Hq;
+    attn_kv_heads_ = Hk;
+    const int splits = decode_splits(step.num_seqs, step.max_seq_len);
     DecodeAttentionArgs a{};
     a.q = q.data;
     a.k_cache = k_cache.data;

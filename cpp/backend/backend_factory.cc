@@ -13,6 +13,10 @@
 
 namespace ember {
 
+void Backend::throw_no_graphs() const {
+  throw EngineError("backend " + name() + " cannot capture or replay op graphs");
+}
+
 DeviceSpec parse_device(const std::string& text) {
   DeviceSpec d;
   d.text = text;

@@ -13,6 +13,10 @@
 #include "ember/engine.h"
 #include "ember/error.h"
 
+#ifdef EMBER_HAVE_CUDA
+#include "ember/cuda_backend.h"
+#endif
+
 #if __has_include("bindings/bench_bindings.h")
 #include "bindings/bench_bindings.h"
 #define EMBER_BIND_BENCH 1
@@ -83,6 +87,7 @@ nb::dict stats_dict(const EngineStats& s) {
     sd["copy_s"] = st.copy_s;
     sd["batches"] = st.batches;
     sd["weight_bytes"] = st.weight_bytes;
+    sd["graphs"] = st.graphs;
     stages.append(sd);
   }
   d["stages"] = stages;
@@ -184,6 +189,21 @@ NB_MODULE(_C, m) {
       .def_prop_ro("max_model_len", [](const Engine& e) { return e.options().max_model_len; })
       .def_prop_ro("healthy", &Engine::healthy)
       .def_prop_ro("fatal_error", &Engine::fatal_error);
+
+  m.def("cuda_device_count", []() -> int {
+#ifdef EMBER_HAVE_CUDA
+    return cuda_device_count();
+#else
+    return 0;
+#endif
+  }, "Number of CUDA devices this build can use (0 without the CUDA backend or a GPU).");
+  m.attr("has_cuda") = nb::bool_(
+#ifdef EMBER_HAVE_CUDA
+      true
+#else
+      false
+#endif
+  );
 
 #ifdef EMBER_BIND_GGUF
   bind_gguf(m);

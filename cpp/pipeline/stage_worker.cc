@@ -3,6 +3,7 @@
 // down the pipeline with the batch, so the engine hears about it and keeps serving.
 #include "pipeline/stage_worker.h"
 
+#include <algorithm>
 #include <chrono>
 
 #include "ember/error.h"
@@ -49,6 +50,40 @@ void StageWorker::run() {
   }
 }
 
+Tensor StageWorker::run_eager(const DeviceStep& step, Tensor x) {
+  decoder_->forward(step, x);
+  return next_ == nullptr ? decoder_->compute_logits(step, x) : Tensor{};
+}
+
+// A decode step's ops depend only on its sizes and buffers, so after one eager run the second
+// occurrence of the same key is captured and every later one is a single graph launch.
+Tensor StageWorker::run_ops(const DeviceStep& step, Tensor x, bool decode_only) {
+  constexpr size_t kMaxGraphs = 256;
+  if (!decode_only || !backend_->supports_graphs()) return run_eager(step, x);
+  uint64_t key = backend_->graph_key(step);
+  key ^= reinterpret_cast<uint64_t>(x.data) * 0x9e3779b97f4a7c15ull;
+  if (auto it = graphs_.find(key); it != graphs_.end()) {
+    backend_->replay(it->second.id);
+    return it->second.logits;
+  }
+  if (not_capturable_.count(key) || graphs_.size() >= kMaxGraphs || seen_once_.insert(key).second)
+    return run_eager(step, x);
+  Graph g;
+  backend_->capture_begin();
+  try {
+    g.logits = run_eager(step, x);
+    g.id = backend_->capture_end();
+  } catch (const std::exception&) {
+    backend_->capture_abort();
+    not_capturable_.insert(key);
+    return run_eager(step, x);
+  }
+  graphs_.emplace(key, g);
+  graphs_count_.fetch_add(1);
+  backend_->replay(g.id);
+  return g.logits;
+}
+
 void StageWorker::process(StageResult& work) {
   using clock = std::chrono::steady_clock;
   const auto t0 = clock::now();
@@ -56,7 +91,8 @@ void StageWorker::process(StageResult& work) {
   DeviceStep step = backend_->upload_step(b.meta);
   if (from_prev_) from_prev_->wait_arrival(b.slot);
   Tensor x{slots_[b.slot].get(), decoder_->activation_dtype(), {step.num_tokens, hidden_}};
-  decoder_->forward(step, x);
+  const bool decode_only = std::all_of(b.chunks.begin(), b.chunks.end(), [](const ScheduledChunk& c) { return c.length == 1; });
+  Tensor logits = run_ops(step, x, decode_only);
   double compute = 0.0, copy = 0.0;
   if (next_ != nullptr) {
     if (profile_) backend_->synchronize();
@@ -66,7 +102,6 @@ void StageWorker::process(StageResult& work) {
     compute = std::chrono::duration<double>(t1 - t0).count();
     copy = std::chrono::duration<double>(clock::now() - t1).count();
   } else {
-    Tensor logits = decoder_->compute_logits(step, x);
     backend_->sample(logits, b.sampling, &work.samples);
     compute = std::chrono::duration<double>(clock::now() - t0).count();
   }

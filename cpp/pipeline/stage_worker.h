@@ -2,8 +2,11 @@
 // buffers, runs its layers on each batch it receives and hands the result to the next stage.
 #pragma once
 
+#include <atomic>
 #include <functional>
 #include <mutex>
+#include <unordered_map>
+#include <unordered_set>
 #include <memory>
 #include <string>
 #include <thread>
@@ -51,6 +54,7 @@ class StageWorker {
   DecoderStage& decoder() { return *decoder_; }
   void* slot_buffer(int slot) const { return slots_[slot].get(); }
   std::string transport_name() const { return to_next_ ? to_next_->name() : "-"; }
+  int64_t graphs_captured() const { return graphs_count_.load(); }
   StageTimes times() const {
     std::lock_guard<std::mutex> lock(times_mu_);
     return times_;
@@ -59,6 +63,18 @@ class StageWorker {
  private:
   void run();
   void process(StageResult& work);
+  // Runs the stage's ops for a decode step, as a replayed graph where the backend supports it.
+  // Returns the logits on the last stage.
+  Tensor run_ops(const DeviceStep& step, Tensor x, bool decode_only);
+  Tensor run_eager(const DeviceStep& step, Tensor x);
+
+  struct Graph {
+    int id = -1;
+    Tensor logits;
+  };
+  std::unordered_map<uint64_t, Graph> graphs_;
+  std::unordered_set<uint64_t> seen_once_;
+  std::unordered_set<uint64_t> not_capturable_;
 
   int index_;
   std::unique_ptr<Backend> backend_;
@@ -69,6 +85,7 @@ class StageWorker {
   std::unique_ptr<Transport> to_next_;
   Transport* from_prev_ = nullptr;  // owned by the previous stage
   bool profile_ = false;
+  std::atomic<int64_t> graphs_count_{0};
   mutable std::mutex times_mu_;
   StageTimes times_;
   ResultSink sink_;

@@ -92,6 +92,19 @@ class Backend {
   // Samples one token per row of logits [N, V]; results land on the host.
   virtual void sample(const Tensor& logits, const std::vector<SamplingRow>& rows,
                       std::vector<SampleResult>* out) = 0;
+
+  // ---- optional: replaying captured op sequences (CUDA graphs of decode steps) ----
+  virtual bool supports_graphs() const { return false; }
+  // Changes whenever a capture of this step's ops would bake in different sizes or buffers.
+  virtual uint64_t graph_key(const DeviceStep& step) const { return 0; }
+  virtual void capture_begin() { throw_no_graphs(); }
+  virtual int capture_end() { throw_no_graphs(); }
+  // Ends a capture that failed midway and discards it.
+  virtual void capture_abort() {}
+  virtual void replay(int graph_id) { throw_no_graphs(); }
+
+ private:
+  [[noreturn]] void throw_no_graphs() const;
 };
 
 // The fp32-accumulating reference backend; num_threads 0 = all cores.

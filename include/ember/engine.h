@@ -52,6 +52,7 @@ struct StageStats {
   double copy_s = 0.0;
   int64_t batches = 0;
   int64_t weight_bytes = 0;
+  int64_t graphs = 0;  // decode graphs captured
 };
 
 struct EngineStats {
