@@ -26,6 +26,9 @@ struct EngineOptions {
   int32_t max_num_batched_tokens = 2048;    // token budget of one step
   int32_t chunk_size = 512;                 // longest prefill chunk of one sequence in a step
   int32_t num_threads = 0;                  // CPU backend threads per stage; 0 = all cores
+  int64_t max_memory = 0;                   // bytes each GPU may use (emulates smaller cards); 0 = all
+  double gpu_memory_utilization = 0.0;      // fraction of a GPU's memory to reserve; 0 = default 0.9
+  bool use_cuda_graphs = true;
 };
 
 enum class FinishReason : uint8_t { None, Stop, Length, Abort, Error };

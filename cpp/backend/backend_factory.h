@@ -1,0 +1,24 @@
+// Turns a device string ("cpu", "cuda:1", "1") into a backend, so that the engine never needs to
+// know which backends a build contains.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "ember/backend.h"
+#include "ember/engine.h"
+
+namespace ember {
+
+struct DeviceSpec {
+  enum class Kind { Cpu, Cuda } kind = Kind::Cpu;
+  int index = 0;
+  std::string text;
+};
+
+DeviceSpec parse_device(const std::string& text);
+std::unique_ptr<Backend> make_backend(const DeviceSpec& dev, const EngineOptions& opts);
+// Bytes of memory the backend can still give out (for sizing the KV pool); 0 = unknown.
+size_t backend_free_bytes(Backend& backend);
+
+}  // namespace ember

@@ -1,0 +1,453 @@
+// The engine thread: intake -> schedule -> submit -> collect -> emit. It alone mutates scheduler,
+// sequence and page state; stage workers only read the batches they are handed.
+#include "ember/engine.h"
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <random>
+#include <thread>
+#include <unordered_map>
+#include <variant>
+
+#include "backend/backend_factory.h"
+#include "core/blocking_queue.h"
+#include "engine_stream.h"
+#include "ember/error.h"
+#include "ember/weights.h"
+#include "kv/block_manager.h"
+#include "model/decoder.h"
+#include "model/weights.h"
+#include "pipeline/stage_plan.h"
+#include "pipeline/stage_worker.h"
+#include "sched/scheduler.h"
+
+namespace ember {
+
+const char* finish_reason_name(FinishReason r) {
+  switch (r) {
+    case FinishReason::None: return "";
+    case FinishReason::Stop: return "stop";
+    case FinishReason::Length: return "length";
+    case FinishReason::Abort: return "abort";
+    case FinishReason::Error: return "error";
+  }
+  return "";
+}
+
+namespace {
+
+struct AddMsg {
+  std::unique_ptr<Sequence> seq;
+};
+struct AbortMsg {
+  uint64_t id;
+};
+struct ShutdownMsg {};
+using EngineMsg = std::variant<AddMsg, AbortMsg, StageResult, ShutdownMsg>;
+
+int64_t default_cpu_kv_tokens(const ModelConfig& cfg, int64_t max_model_len) {
+  const int64_t per_token = 2 * cfg.num_layers * cfg.kv_size() * 4;
+  const int64_t cap = (int64_t{4} << 30) / std::max<int64_t>(per_token, 1);
+  return std::max<int64_t>(std::min(std::max<int64_t>(4 * max_model_len, 8192), cap), max_model_len);
+}
+
+}  // namespace
+
+class Engine::Impl {
+ public:
+  explicit Impl(const EngineOptions& opts);
+  ~Impl();
+
+  std::shared_ptr<RequestStream> add_request(std::vector<int32_t> prompt, const SamplingOptions& opts);
+  void abort(uint64_t id) { inbox_.push(AbortMsg{id}); }
+  EngineStats stats() const {
+    std::lock_guard<std::mutex> lock(stats_mu_);
+    return stats_;
+  }
+  bool healthy() const { return !dead_.load(); }
+  std::string fatal_error() const {
+    std::lock_guard<std::mutex> lock(stats_mu_);
+    return fatal_;
+  }
+
+  EngineOptions opts_;
+  ModelConfig cfg_;
+
+ private:
+  void validate_options();
+  void build_stages(const ModelFiles& files);
+  void loop();
+  void handle(EngineMsg& msg);
+  void submit(std::vector<ScheduledChunk> chunks);
+  void on_result(StageResult& res);
+  bool emit_token(Sequence* s, const SampleResult& r);  // true when s finished (and is gone)
+  void finish(Sequence* s, FinishReason reason, const std::string& error = "");
+  bool request_finish(Sequence* s, FinishReason reason, const std::string& error = "");
+  void publish_stats();
+
+  std::vector<std::unique_ptr<StageWorker>> stages_;
+  std::unique_ptr<BlockManager> blocks_;
+  std::unique_ptr<Scheduler> scheduler_;
+  std::unordered_map<uint64_t, std::unique_ptr<Sequence>> seqs_;
+  std::unordered_map<uint64_t, std::pair<FinishReason, std::string>> pending_finish_;
+  std::vector<int> free_slots_;
+  BlockingQueue<EngineMsg> inbox_;
+  std::thread thread_;
+  std::atomic<uint64_t> next_id_{1};
+  uint64_t next_batch_ = 1;
+  uint64_t arrivals_ = 0;
+  int64_t num_blocks_ = 0;
+  int64_t steps_ = 0, prompt_tokens_ = 0, generated_tokens_ = 0;
+  bool stopping_ = false;
+  std::atomic<bool> dead_{false};
+  mutable std::mutex stats_mu_;
+  EngineStats stats_;
+  std::string fatal_;
+  std::mt19937_64 seed_rng_{std::random_device{}()};
+};
+
+Engine::Impl::Impl(const EngineOptions& opts) : opts_(opts) {
+  ModelFiles files = open_model(opts_.model_path);
+  cfg_ = files.config;
+  validate_options();
+  build_stages(files);
+  files.weights.reset();  // weights now live in the stages' memory
+  SchedulerOptions so;
+  so.max_num_seqs = opts_.max_num_seqs;
+  so.max_num_batched_tokens = opts_.max_num_batched_tokens;
+  so.chunk_size = opts_.chunk_size;
+  so.num_stages = static_cast<int32_t>(stages_.size());
+  scheduler_ = std::make_unique<Scheduler>(so, blocks_.get());
+  for (int i = static_cast<int>(stages_.size()) - 1; i >= 0; --i) free_slots_.push_back(i);
+  publish_stats();
+  thread_ = std::thread([this] { loop(); });
+}
+
+Engine::Impl::~Impl() {
+  inbox_.push(ShutdownMsg{});
+  if (thread_.joinable()) thread_.join();
+  for (auto& s : stages_) s->stop();
+}
+
+void Engine::Impl::validate_options() {
+  auto positive = [](int64_t v, const char* name) {
+    if (v < 1) throw InvalidArgument(std::string(name) + " must be >= 1, got " + std::to_string(v));
+  };
+  if (opts_.devices.empty()) throw InvalidArgument("devices: at least one device is needed");
+  positive(opts_.block_size, "block_size");
+  positive(opts_.max_num_seqs, "max_num_seqs");
+  positive(opts_.max_num_batched_tokens, "max_num_batched_tokens");
+  positive(opts_.chunk_size, "chunk_size");
+  if (opts_.block_size > 1024) throw InvalidArgument("block_size must be <= 1024, got " + std::to_string(opts_.block_size));
+  if (opts_.max_model_len < 0) throw InvalidArgument("max_model_len must be positive");
+  if (opts_.max_model_len == 0) opts_.max_model_len = std::min<int64_t>(cfg_.max_position_embeddings, 8192);
+  if (opts_.kv_cache_tokens < 0) throw InvalidArgument("kv_cache_tokens must be positive");
+  if (opts_.kv_memory_fraction < 0 || opts_.kv_memory_fraction > 1 || std::isnan(opts_.kv_memory_fraction))
+    throw InvalidArgument("kv_memory_fraction must be in [0, 1]");
+  if (opts_.chunk_size > opts_.max_num_batched_tokens) opts_.chunk_size = opts_.max_num_batched_tokens;
+  if (opts_.transport != "auto" && opts_.transport != "peer" && opts_.transport != "host")
+    throw InvalidArgument("transport must be \"auto\", \"peer\" or \"host\", got \"" + opts_.transport + "\"");
+}
+
+void Engine::Impl::build_stages(const ModelFiles& files) {
+  const int S = static_cast<int>(opts_.devices.size());
+  std::vector<DeviceSpec> devs;
+  for (const auto& d : opts_.devices) devs.push_back(parse_device(d));
+  for (const auto& d : devs)
+    if (d.kind != devs[0].kind) throw InvalidArgument("devices: mixing CPU and GPU stages is not supported");
+  std::vector<StageRange> plan = plan_stages(cfg_.num_layers, S, opts_.layer_split);
+
+  const int64_t max_tokens = opts_.max_num_batched_tokens;
+  const int64_t max_logits = std::min<int64_t>(opts_.max_num_seqs, max_tokens);
+  std::vector<std::unique_ptr<Backend>> backends;
+  std::vector<StageWeights> weights;
+  for (int s = 0; s < S; ++s) {
+    backends.push_back(make_backend(devs[s], opts_));
+    weights.push_back(load_stage_weights(cfg_, *files.weights, *backends[s], plan[s].begin, plan[s].end, s == 0, s == S - 1));
+  }
+  // KV pool: the same page count on every stage, sized by the tightest one.
+  int64_t tokens = opts_.kv_cache_tokens;
+  if (tokens == 0) {
+    if (devs[0].kind == DeviceSpec::Kind::Cpu) {
+      tokens = default_cpu_kv_tokens(cfg_, opts_.max_model_len);
+    } else {
+      const double frac = opts_.kv_memory_fraction > 0 ? opts_.kv_memory_fraction : 0.9;
+      int64_t best = -1;
+      for (int s = 0; s < S; ++s) {
+        const DType act = backends[s]->activation_dtype(weights[s].layers.empty() ? DType::BF16 : weights[s].layers[0].qkv.dtype);
+        const int64_t layers = plan[s].end - plan[s].begin;
+        const int64_t per_token = 2 * layers * cfg_.kv_size() * static_cast<int64_t>(dtype_size(act));
+        // Leave room for the workspace and activation slots.
+        const int64_t ws = max_tokens * (6 * cfg_.hidden_size + 4 * cfg_.q_size() + 3 * cfg_.intermediate_size) * 4 +
+                           max_logits * cfg_.vocab_size * 4 + (int64_t{256} << 20);
+        const int64_t free_bytes = static_cast<int64_t>(backend_free_bytes(*backends[s])) - ws;
+        const int64_t t = static_cast<int64_t>(std::max<int64_t>(free_bytes, 0) * frac) / std::max<int64_t>(per_token, 1);
+        best = best < 0 ? t : std::min(best, t);
+      }
+      tokens = best;
+    }
+  }
+  num_blocks_ = tokens / opts_.block_size;
+  if (num_blocks_ < 1)
+    throw EngineError("no memory left for the KV cache after loading the weights; lower max_num_batched_tokens or use more devices");
+  blocks_ = std::make_unique<BlockManager>(num_blocks_, opts_.block_size);
+
+  for (int s = 0; s < S; ++s) {
+    auto dec = std::make_unique<DecoderStage>(cfg_, std::move(weights[s]), *backends[s], max_tokens, max_logits,
+                                              num_blocks_, opts_.block_size, s == 0, s == S - 1);
+    stages_.push_back(std::make_unique<StageWorker>(s, std::move(backends[s]), std::move(dec), S, max_tokens, cfg_.hidden_size));
+  }
+  for (int s = 0; s < S; ++s) {
+    StageWorker* next = s + 1 < S ? stages_[s + 1].get() : nullptr;
+    std::unique_ptr<Transport> t;
+    if (next) {
+      const size_t bytes = static_cast<size_t>(max_tokens * cfg_.hidden_size) * 4;
+      t = make_host_staged_transport(stages_[s]->backend(), next->backend(), bytes);
+    }
+    stages_[s]->start(next, std::move(t), [this](StageResult r) { inbox_.push(std::move(r)); });
+  }
+}
+
+std::shared_ptr<RequestStream> Engine::Impl::add_request(std::vector<int32_t> prompt, const SamplingOptions& sopts) {
+  if (dead_) throw EngineError("the engine has stopped after a fatal error: " + fatal_error());
+  validate_sampling(sopts, cfg_.vocab_size);
+  if (prompt.empty()) throw InvalidArgument("prompt is empty; at least one token is needed");
+  for (size_t i = 0; i < prompt.size(); ++i)
+    if (prompt[i] < 0 || prompt[i] >= cfg_.vocab_size)
+      throw InvalidArgument("prompt token id " + std::to_string(prompt[i]) + " at position " + std::to_string(i) +
+                            " is out of range [0, " + std::to_string(cfg_.vocab_size) + ")");
+  const int64_t n = static_cast<int64_t>(prompt.size());
+  if (n >= opts_.max_model_len)
+    throw InvalidArgument("prompt has " + std::to_string(n) + " tokens but the model's maximum context length is " +
+                          std::to_string(opts_.max_model_len) + " tokens");
+  if (n + sopts.max_tokens > opts_.max_model_len)
+    throw InvalidArgument("This model's maximum context length is " + std::to_string(opts_.max_model_len) +
+                          " tokens. However, you requested " + std::to_string(n + sopts.max_tokens) + " tokens (" +
+                          std::to_string(n) + " in the prompt, " + std::to_string(sopts.max_tokens) +
+                          " in max_tokens). Please reduce the prompt or max_tokens.");
+  if (blocks_->blocks_for(n + sopts.max_tokens) > num_blocks_)
+    throw InvalidArgument("request needs " + std::to_string(n + sopts.max_tokens) + " tokens of KV cache but the pool holds only " +
+                          std::to_string(num_blocks_ * opts_.block_size) + "; lower max_tokens or give the engine more KV memory");
+  auto seq = std::make_unique<Sequence>();
+  seq->id = next_id_.fetch_add(1);
+  seq->prompt = std::move(prompt);
+  seq->opts = sopts;
+  {
+    std::lock_guard<std::mutex> lock(stats_mu_);
+    seq->seed = sopts.has_seed ? sopts.seed : seed_rng_();
+  }
+  auto stream = std::make_shared<RequestStreamImpl>(seq->id);
+  seq->stream = stream;
+  inbox_.push(AddMsg{std::move(seq)});
+  return stream;
+}
+
+void Engine::Impl::loop() {
+  try {
+    while (true) {
+      while (!stopping_ && !free_slots_.empty()) {
+        std::vector<ScheduledChunk> chunks = scheduler_->schedule();
+        if (chunks.empty()) break;
+        submit(std::move(chunks));
+      }
+      publish_stats();
+      const bool idle = static_cast<int>(free_slots_.size()) == static_cast<int>(stages_.size());
+      if (stopping_ && idle) break;
+      std::optional<EngineMsg> msg = inbox_.pop();
+      if (!msg) break;
+      handle(*msg);
+      while (auto more = inbox_.try_pop()) handle(*more);
+    }
+  } catch (const std::exception& e) {
+    std::lock_guard<std::mutex> lock(stats_mu_);
+    fatal_ = e.what();
+    dead_ = true;
+  }
+  // Every request still known gets a final event so that no reader waits forever.
+  const FinishReason why = dead_ ? FinishReason::Error : FinishReason::Abort;
+  for (auto& [id, s] : seqs_) {
+    TokenEvent ev;
+    ev.finish = why;
+    ev.error = dead_ ? fatal_ : "engine shut down";
+    s->stream->push(std::move(ev));
+  }
+  while (auto m = inbox_.try_pop()) {
+    if (auto* add = std::get_if<AddMsg>(&*m)) {
+      TokenEvent ev;
+      ev.finish = why;
+      ev.error = "engine shut down";
+      add->seq->stream->push(std::move(ev));
+    }
+  }
+}
+
+void Engine::Impl::handle(EngineMsg& msg) {
+  if (auto* add = std::get_if<AddMsg>(&msg)) {
+    if (stopping_) {
+      TokenEvent ev;
+      ev.finish = FinishReason::Abort;
+      ev.error = "engine shut down";
+      add->seq->stream->push(std::move(ev));
+      return;
+    }
+    Sequence* s = add->seq.get();
+    s->arrival = arrivals_++;
+    seqs_[s->id] = std::move(add->seq);
+    scheduler_->add(s);
+  } else if (auto* ab = std::get_if<AbortMsg>(&msg)) {
+    auto it = seqs_.find(ab->id);
+    if (it != seqs_.end()) request_finish(it->second.get(), FinishReason::Abort);
+  } else if (auto* res = std::get_if<StageResult>(&msg)) {
+    on_result(*res);
+  } else if (std::holds_alternative<ShutdownMsg>(msg)) {
+    stopping_ = true;
+  }
+}
+
+void Engine::Impl::submit(std::vector<ScheduledChunk> chunks) {
+  auto batch = std::make_shared<StepBatch>();
+  batch->id = next_batch_++;
+  batch->slot = free_slots_.back();
+  free_slots_.pop_back();
+  StepMeta& m = batch->meta;
+  m.block_size = opts_.block_size;
+  int32_t max_blocks = 0;
+  for (const auto& c : chunks) max_blocks = std::max<int32_t>(max_blocks, static_cast<int32_t>(c.seq->block_table.size()));
+  m.max_blocks_per_seq = std::max(max_blocks, 1);
+  m.query_start.push_back(0);
+  for (const auto& c : chunks) {
+    Sequence* s = c.seq;
+    for (int64_t i = 0; i < c.length; ++i) {
+      const int64_t pos = c.start + i;
+      m.token_ids.push_back(s->token_at(pos));
+      m.positions.push_back(static_cast<int32_t>(pos));
+      m.slot_mapping.push_back(s->block_table[pos / opts_.block_size] * opts_.block_size + static_cast<int32_t>(pos % opts_.block_size));
+    }
+    m.query_start.push_back(static_cast<int32_t>(m.token_ids.size()));
+    m.seq_lens.push_back(static_cast<int32_t>(c.start + c.length));
+    for (int32_t b = 0; b < m.max_blocks_per_seq; ++b)
+      m.block_tables.push_back(b < static_cast<int32_t>(s->block_table.size()) ? s->block_table[b] : -1);
+    if (c.sample) {
+      m.logits_indices.push_back(static_cast<int32_t>(m.token_ids.size() - 1));
+      SamplingRow row;
+      row.opts = &s->opts;
+      row.seed = s->seed;
+      row.step = s->output.size();
+      row.prompt_tokens = &s->prompt;
+      row.output_tokens = &s->output;
+      row.suppress_eos = static_cast<int64_t>(s->output.size()) < s->opts.min_tokens;
+      row.eos_ids = &cfg_.eos_token_ids;
+      batch->sampling.push_back(row);
+    }
+    prompt_tokens_ += c.sample ? c.length - 1 : c.length;
+  }
+  batch->chunks = std::move(chunks);
+  ++steps_;
+  StageResult work;
+  work.batch = std::move(batch);
+  stages_.front()->submit(std::move(work));
+}
+
+void Engine::Impl::on_result(StageResult& res) {
+  StepBatch& b = *res.batch;
+  free_slots_.push_back(b.slot);
+  size_t sample_index = 0;
+  for (const ScheduledChunk& c : b.chunks) {
+    Sequence* s = c.seq;
+    s->chunks_in_flight -= 1;
+    if (res.error.empty()) s->num_computed = std::max(s->num_computed, c.start + c.length);
+    const SampleResult* sample = nullptr;
+    if (c.sample && res.error.empty()) sample = &res.samples.at(sample_index++);
+    bool gone = false;
+    if (!res.error.empty()) {
+      gone = request_finish(s, FinishReason::Error, res.error);
+    } else if (sample && !pending_finish_.count(s->id)) {
+      gone = emit_token(s, *sample);
+    }
+    if (gone) continue;
+    auto pending = pending_finish_.find(s->id);
+    if (pending != pending_finish_.end() && !s->in_flight()) {
+      auto [reason, error] = pending->second;
+      pending_finish_.erase(pending);
+      finish(s, reason, error);
+    }
+  }
+}
+
+bool Engine::Impl::emit_token(Sequence* s, const SampleResult& r) {
+  s->output.push_back(r.token);
+  ++generated_tokens_;
+  TokenEvent ev;
+  ev.token = r.token;
+  ev.logprob = r.logprob;
+  ev.top_logprobs = r.top_logprobs;
+  ev.logits = r.logits;
+  const int64_t produced = static_cast<int64_t>(s->output.size());
+  const SamplingOptions& o = s->opts;
+  FinishReason reason = FinishReason::None;
+  if (produced >= o.min_tokens) {
+    const bool is_eos = std::find(cfg_.eos_token_ids.begin(), cfg_.eos_token_ids.end(), r.token) != cfg_.eos_token_ids.end();
+    const bool is_stop = std::find(o.stop_token_ids.begin(), o.stop_token_ids.end(), r.token) != o.stop_token_ids.end();
+    if ((is_eos && !o.ignore_eos) || is_stop) reason = FinishReason::Stop;
+  }
+  if (reason == FinishReason::None && (produced >= o.max_tokens || s->total_len() >= opts_.max_model_len))
+    reason = FinishReason::Length;
+  ev.finish = reason;
+  s->stream->push(std::move(ev));
+  if (reason == FinishReason::None) return false;
+  scheduler_->finish(s);
+  seqs_.erase(s->id);
+  return true;
+}
+
+bool Engine::Impl::request_finish(Sequence* s, FinishReason reason, const std::string& error) {
+  if (s->in_flight()) {
+    pending_finish_.emplace(s->id, std::make_pair(reason, error));
+    return false;
+  }
+  finish(s, reason, error);
+  return true;
+}
+
+void Engine::Impl::finish(Sequence* s, FinishReason reason, const std::string& error) {
+  TokenEvent ev;
+  ev.finish = reason;
+  ev.error = error;
+  s->stream->push(std::move(ev));
+  scheduler_->finish(s);
+  seqs_.erase(s->id);
+}
+
+void Engine::Impl::publish_stats() {
+  EngineStats st;
+  st.num_blocks = blocks_->num_blocks();
+  st.blocks_used = blocks_->num_used();
+  st.blocks_free = blocks_->num_free();
+  st.block_size = blocks_->block_size();
+  st.running = scheduler_ ? scheduler_->num_running() : 0;
+  st.waiting = scheduler_ ? scheduler_->num_waiting() : 0;
+  st.preemptions = scheduler_ ? scheduler_->num_preemptions() : 0;
+  st.steps = steps_;
+  st.prompt_tokens = prompt_tokens_;
+  st.generated_tokens = generated_tokens_;
+  st.num_stages = static_cast<int64_t>(stages_.size());
+  st.max_model_len = opts_.max_model_len;
+  std::lock_guard<std::mutex> lock(stats_mu_);
+  stats_ = st;
+}
+
+// ---- Engine facade ----
+Engine::Engine(const EngineOptions& opts) : impl_(std::make_unique<Impl>(opts)) {}
+Engine::~Engine() = default;
+std::shared_ptr<RequestStream> Engine::add_request(std::vector<int32_t> prompt, const SamplingOptions& opts) {
+  return impl_->add_request(std::move(prompt), opts);
+}
+void Engine::abort(uint64_t request_id) { impl_->abort(request_id); }
+EngineStats Engine::stats() const { return impl_->stats(); }
+const ModelConfig& Engine::config() const { return impl_->cfg_; }
+const EngineOptions& Engine::options() const { return impl_->opts_; }
+bool Engine::healthy() const { return impl_->healthy(); }
+std::string Engine::fatal_error() const { return impl_->fatal_error(); }
+
+}  // namespace ember

@@ -1,0 +1,52 @@
+// Layer split validation and planning: every layer placed exactly once, every stage non-empty.
+#include "pipeline/stage_plan.h"
+
+#include <cmath>
+#include <numeric>
+#include <string>
+
+#include "ember/error.h"
+
+namespace ember {
+
+std::vector<StageRange> plan_stages(int64_t num_layers, int num_stages, const std::vector<int64_t>& split,
+                                    const std::vector<double>& capacity) {
+  if (num_stages < 1) throw InvalidArgument("devices: at least one device is needed");
+  if (num_stages > num_layers)
+    throw InvalidArgument("devices: " + std::to_string(num_stages) + " stages for a model of only " +
+                          std::to_string(num_layers) + " layers; use at most " + std::to_string(num_layers));
+  std::vector<int64_t> counts;
+  if (!split.empty()) {
+    if (static_cast<int>(split.size()) != num_stages)
+      throw InvalidArgument("layer_split has " + std::to_string(split.size()) + " entries but there are " +
+                            std::to_string(num_stages) + " devices");
+    for (size_t i = 0; i < split.size(); ++i)
+      if (split[i] < 1) throw InvalidArgument("layer_split[" + std::to_string(i) + "] = " + std::to_string(split[i]) + "; every stage needs at least one layer");
+    int64_t total = std::accumulate(split.begin(), split.end(), int64_t{0});
+    if (total != num_layers)
+      throw InvalidArgument("layer_split sums to " + std::to_string(total) + " but the model has " + std::to_string(num_layers) + " layers");
+    counts = split;
+  } else if (!capacity.empty() && static_cast<int>(capacity.size()) == num_stages) {
+    double sum = std::accumulate(capacity.begin(), capacity.end(), 0.0);
+    int64_t placed = 0;
+    for (int s = 0; s < num_stages; ++s) {
+      int64_t c = std::max<int64_t>(1, static_cast<int64_t>(std::floor(num_layers * capacity[s] / sum)));
+      counts.push_back(c);
+      placed += c;
+    }
+    for (int s = 0; placed < num_layers; s = (s + 1) % num_stages, ++placed) ++counts[s];
+    for (int s = num_stages - 1; placed > num_layers; s = (s + num_stages - 1) % num_stages)
+      if (counts[s] > 1) { --counts[s]; --placed; }
+  } else {
+    for (int s = 0; s < num_stages; ++s) counts.push_back(num_layers / num_stages + (s < num_layers % num_stages ? 1 : 0));
+  }
+  std::vector<StageRange> out;
+  int64_t at = 0;
+  for (int64_t c : counts) {
+    out.push_back({at, at + c});
+    at += c;
+  }
+  return out;
+}
+
+}  // namespace ember

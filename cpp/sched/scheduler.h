@@ -1,0 +1,51 @@
+// Continuous batching under a token budget: running sequences first (decodes and unfinished
+// prefills), then new ones from the waiting queue; preemption by recompute when pages run out.
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <vector>
+
+#include "kv/block_manager.h"
+#include "sched/sequence.h"
+#include "sched/step_batch.h"
+
+namespace ember {
+
+struct SchedulerOptions {
+  int32_t max_num_seqs = 256;
+  int32_t max_num_batched_tokens = 2048;
+  int32_t chunk_size = 512;
+  int32_t num_stages = 1;  // decodes are spread over this many micro-batches
+};
+
+class Scheduler {
+ public:
+  Scheduler(const SchedulerOptions& opts, BlockManager* blocks);
+
+  void add(Sequence* seq);
+  // Builds the next batch from sequences not waiting on an in-flight sampling step; empty when
+  // nothing can run now. Advances num_scheduled and chunks_in_flight of the chosen sequences.
+  std::vector<ScheduledChunk> schedule();
+  // Removes a finished or aborted sequence (not in flight) and frees its pages.
+  void finish(Sequence* seq);
+
+  int64_t num_running() const { return static_cast<int64_t>(running_.size()); }
+  int64_t num_waiting() const { return static_cast<int64_t>(waiting_.size()); }
+  int64_t num_preemptions() const { return preemptions_; }
+  const std::vector<Sequence*>& running() const { return running_; }
+  const std::deque<Sequence*>& waiting() const { return waiting_; }
+
+ private:
+  void preempt(Sequence* victim);
+  Sequence* pick_victim(const Sequence* requester, const std::vector<ScheduledChunk>& batch) const;
+
+  SchedulerOptions opts_;
+  BlockManager* blocks_;
+  std::vector<Sequence*> running_;  // admission order
+  std::deque<Sequence*> waiting_;   // arrival order (preempted sequences go back in order)
+  int64_t preemptions_ = 0;
+};
+
+}  // namespace ember
