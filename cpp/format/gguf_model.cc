@@ -1,7 +1,9 @@
 // Turns a validated GGUF file into Ember's ModelConfig and a WeightSource under Hugging Face names,
 // so the rest of the engine never sees GGUF naming, ggml dimension order or the converter's Q/K
 // row permutation.
+#include <charconv>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <string>
@@ -13,6 +15,8 @@
 
 namespace ember {
 namespace {
+
+constexpr double kPi = 3.14159265358979323846;
 
 // ---------------------------------------------------------------------------------------------
 // Metadata access with errors that name the file, the key and the expected type.
@@ -69,6 +73,12 @@ class Meta {
   double optional_float(const std::string& key, double def) const {
     const GgufValue* v = get(key);
     if (!v) return def;
+    if (v->type == GgufValueType::F32) {
+      // The shortest decimal that round-trips the float: 1e-5 stays 1e-5, as in config.json.
+      char buf[32];
+      auto res = std::to_chars(buf, buf + sizeof(buf), static_cast<float>(v->f));
+      return std::strtod(std::string(buf, res.ptr).c_str(), nullptr);
+    }
     if (v->is_float()) return v->f;
     if (v->is_integer()) {
       bool is_unsigned = v->type == GgufValueType::U8 || v->type == GgufValueType::U16 ||
@@ -213,7 +223,7 @@ RopeScaling llama3_scaling_from_factors(const std::vector<float>& rf, const Mode
   std::vector<double> x(n);  // original_ctx / wavelength of each frequency
   for (int64_t i = 0; i < n; ++i) {
     double freq = 1.0 / std::pow(cfg.rope_theta, static_cast<double>(2 * i) / cfg.head_dim);
-    x[i] = static_cast<double>(original_ctx) * freq / (2.0 * M_PI);
+    x[i] = static_cast<double>(original_ctx) * freq / (2.0 * kPi);
   }
   double factor = 1.0;
   for (float v : rf) {

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import ember
 import gguf
 import numpy as np
 import pytest
-from ember import _C
 from gguf import GGMLQuantizationType as Q
 from gguf import GGUFValueType as V
+
+import ember
+from ember import _C
 
 # Types gguf.quants.quantize can produce.
 QUANTIZABLE = [Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1, Q.Q8_0, Q.BF16]
