@@ -45,7 +45,7 @@ std::unique_ptr<Backend> make_backend(const DeviceSpec& dev, const EngineOptions
 
 size_t backend_free_bytes(Backend& backend) {
 #ifdef EMBER_CUDA_FACTORY
-  if (auto* cuda = dynamic_cast<CudaBackendInfo*>(&backend)) return cuda->reserve_remaining();
+  if (auto* cuda = dynamic_cast<CudaBackend*>(&backend)) return cuda->reserve_remaining();
 #endif
   (void)backend;
   return 0;

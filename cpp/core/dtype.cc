@@ -45,15 +45,13 @@ uint16_t f32_to_f16(float f) {
   if (abs >= 0x477ff000u) return static_cast<uint16_t>(sign | 0x7c00u);  // overflow -> inf
   if (abs < 0x38800000u) {  // subnormal or zero in half
     if (abs < 0x33000000u) return static_cast<uint16_t>(sign);
-    uint32_t e = abs >> 23;
-    uint32_t m = (abs & 0x7fffffu) | 0x800000u;
-    uint32_t shift = 126 - e;  // 14 - (e - 127) + 13 - 1 ... chosen so result has 10-bit mantissa
-    uint32_t half_m = m >> (shift - 0);
-    // round to nearest even on the dropped bits
+    uint32_t e = abs >> 23;                       // 102..112
+    uint32_t m = (abs & 0x7fffffu) | 0x800000u;   // 24-bit significand
+    uint32_t shift = 126 - e;                     // half subnormal = m * 2^(e - 126), in ulps of 2^-24
+    uint32_t r = m >> shift;
+    // round to nearest even on the dropped bits (r == 0x400 becomes the smallest normal, correctly)
     uint32_t rem = m & ((1u << shift) - 1);
     uint32_t halfway = 1u << (shift - 1);
-    half_m >>= 0;
-    uint32_t r = half_m;
     if (rem > halfway || (rem == halfway && (r & 1u))) ++r;
     return static_cast<uint16_t>(sign | r);
   }

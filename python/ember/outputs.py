@@ -52,7 +52,7 @@ class RequestMetrics:
 class RequestOutput:
     """The result of one request: its prompt, its completions and its timings."""
 
-    request_id: str
+    request_id: int
     prompt: str | None
     prompt_token_ids: list[int]
     outputs: list[CompletionOutput]
@@ -64,7 +64,7 @@ class RequestOutput:
 class StreamEvent:
     """One step of a streamed request; the last event carries the finish reason."""
 
-    request_id: str
+    request_id: int
     token_id: int | None  # None for an event that only carries text (flush) or a finish
     text: str  # the new text since the previous event (may be empty)
     finish_reason: str | None = None

@@ -1,0 +1,111 @@
+// Host-side entry points of the CUDA kernels: raw device pointers, sizes and a stream, no framework
+// types; each returns the launch's cudaError_t so that the backend can name the failing op.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "ember/dtype.h"
+
+namespace ember::cuda {
+
+// out[t] = table[ids[t]] for rows of `hidden` elements; ids outside [0, vocab) give a zero row.
+cudaError_t launch_embedding(const void* table, const int32_t* ids, int64_t n, int64_t hidden, int64_t vocab,
+                             void* out, DType dtype, cudaStream_t stream);
+
+// out = x * rsqrt(mean(x^2) + eps) * w, row-wise; w is F32 [dim].
+cudaError_t launch_rms_norm(const void* x, const float* w, void* out, int64_t rows, int64_t dim, float eps,
+                            DType dtype, cudaStream_t stream);
+// residual += delta (stored in the activation dtype); out = rms_norm(residual) * w.
+cudaError_t launch_add_rms_norm(void* residual, const void* delta, const float* w, void* out, int64_t rows,
+                                int64_t dim, float eps, DType dtype, cudaStream_t stream);
+
+// In place on q [T, Hq, D] and k [T, Hk, D]; inv_freq F32 [D/2]; neox = rotate-half pairs (i, i+D/2),
+// else interleaved pairs (2i, 2i+1).
+cudaError_t launch_rope(void* q, void* k, const int32_t* positions, const float* inv_freq, int64_t T, int64_t Hq,
+                        int64_t Hk, int64_t D, bool neox, DType dtype, cudaStream_t stream);
+
+// out[T, F] = silu(x[:, :F]) * x[:, F:].
+cudaError_t launch_silu_mul(const void* x, void* out, int64_t T, int64_t F, DType dtype, cudaStream_t stream);
+
+// cache[slot_mapping[t]] = k[t], v[t] (rows of Hk*D); negative slots are skipped.
+cudaError_t launch_kv_write(const void* k, const void* v, const int32_t* slot_mapping, void* k_cache, void* v_cache,
+                            int64_t T, int64_t row_elems, DType dtype, cudaStream_t stream);
+
+// a[i] += b[i]
+cudaError_t launch_add(void* a, const void* b, int64_t n, DType dtype, cudaStream_t stream);
+// out[i] = x[idx[i]] for rows of row_elems.
+cudaError_t launch_gather_rows(const void* x, const int32_t* idx, int64_t n, int64_t row_elems, void* out,
+                               DType dtype, cudaStream_t stream);
+// out[r, c] += bias[c] (bias F32).
+cudaError_t launch_add_bias(void* out, const float* bias, int64_t rows, int64_t cols, DType dtype,
+                            cudaStream_t stream);
+
+struct DecodeAttentionArgs {
+  const void* q;        // [T, Hq, D], one token per sequence at query_start[s]
+  const void* k_cache;  // [num_slots, Hk, D]
+  const void* v_cache;
+  void* out;            // [T, Hq, D]
+  const int32_t* query_start;
+  const int32_t* seq_lens;
+  const int32_t* block_tables;
+  float* part_acc;      // [num_seqs, Hq, num_splits, D] when num_splits > 1
+  float* part_ml;       // [num_seqs, Hq, num_splits, 2]
+  int num_seqs, num_heads, num_kv_heads, head_dim, max_blocks_per_seq, block_size, num_splits;
+  float scale;
+};
+cudaError_t launch_paged_attention_decode(const DecodeAttentionArgs& args, DType dtype, cudaStream_t stream);
+
+// One work item = (sequence, first row) of a 16-row tile of the (query, head-in-group) rows.
+struct PrefillWorkItem {
+  int32_t seq;
+  int32_t row0;
+};
+struct PrefillAttentionArgs {
+  const void* q;
+  const void* k_cache;
+  const void* v_cache;
+  void* out;
+  const int32_t* query_start;
+  const int32_t* seq_lens;
+  const int32_t* block_tables;
+  const PrefillWorkItem* items;
+  int num_items, num_heads, num_kv_heads, head_dim, max_blocks_per_seq, block_size;
+  float scale;
+};
+constexpr int kPrefillRowsPerTile = 16;
+cudaError_t launch_prefill_attention(const PrefillAttentionArgs& args, DType dtype, cudaStream_t stream);
+
+// ---- sampling ----
+struct SampleRowParams {
+  float temperature;     // 0 = greedy
+  int32_t top_k;         // <= 0 = off
+  float top_p;
+  float min_p;
+  float repetition_penalty;
+  float presence_penalty;
+  float frequency_penalty;
+  int32_t num_logprobs;  // top logprobs wanted (0 = none)
+  int32_t pen_begin;     // penalty entries [pen_begin, pen_end) of the shared list
+  int32_t pen_end;
+  int32_t ban_begin;     // banned ids (EOS under min_tokens) [ban_begin, ban_end)
+  int32_t ban_end;
+  double uniform;        // the row's draw, counter_uniform(seed, step), computed on the host
+};
+struct PenaltyEntry {
+  int32_t token;
+  int32_t out_count;     // occurrences in the output so far
+  int32_t in_prompt;     // 1 when the token occurs in the prompt
+};
+struct SampleOutput {
+  int32_t token;
+  float logprob;
+};
+constexpr int kMaxTopLogprobs = 32;
+// logits [N, V] (F32/F16/BF16); work [N, V] F32 scratch; top_ids/top_lps [N, kMaxTopLogprobs].
+cudaError_t launch_sampling(const void* logits, DType dtype, int64_t N, int64_t V, const SampleRowParams* rows,
+                            const PenaltyEntry* penalties, const int32_t* bans, float* work, SampleOutput* out,
+                            int32_t* top_ids, float* top_lps, cudaStream_t stream);
+
+}  // namespace ember::cuda
