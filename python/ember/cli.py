@@ -79,7 +79,7 @@ def _model_args(p: argparse.ArgumentParser) -> None:
         "--devices",
         type=parse_devices,
         default=None,
-        help="one pipeline stage per entry: cpu, 0, 0,1, cpu,cpu (default: cpu)",
+        help="one pipeline stage per entry: cpu, 0, 0,1, cpu,cpu (default: GPU 0 if any, else cpu)",
     )
     g.add_argument(
         "--ctx",
@@ -155,8 +155,19 @@ def _model_path(args: argparse.Namespace) -> str:
     return default_model_path()
 
 
+def best_device() -> str:
+    """GPU 0 when this build of ember has CUDA and sees a GPU, else the CPU."""
+    from ember import _C
+
+    count = getattr(_C, "cuda_device_count", None)
+    try:
+        return "0" if callable(count) and int(count()) > 0 else "cpu"
+    except RuntimeError:  # a CUDA build on a machine without a usable driver
+        return "cpu"
+
+
 def _devices(args: argparse.Namespace) -> list[str]:
-    return list(args.devices) if args.devices else ["cpu"]
+    return list(args.devices) if args.devices else [best_device()]
 
 
 def sampling_params(args: argparse.Namespace, **extra: Any) -> SamplingParams:

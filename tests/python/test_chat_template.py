@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import pytest
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
+
 from ember.chat_template import (
     chat_stop_token_ids,
     end_of_turn_token_ids,
     prepare_chat_prompt,
     render_chat,
 )
-from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
 
 CHATML = (
     "{% for message in messages %}"

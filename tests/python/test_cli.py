@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+
 from ember import cli
 from ember.default_model import INSTALL_HINT, DefaultModelNotFoundError, default_model_path
 from tiny_models import tensor_shapes
@@ -160,7 +161,7 @@ def test_info_on_hf_folder(tiny_model: Any) -> None:
 
 def test_info_text_output(tiny_model: Any) -> None:
     folder = tiny_model("qwen3")
-    code, out, _ = run_cli(["info", "-m", str(folder)])
+    code, out, _ = run_cli(["info", "-m", str(folder), "--devices", "cpu"])
     assert code == 0
     assert "architecture  Qwen3ForCausalLM" in out
     assert "F32" in out and "stage 0 cpu" in out and "KV cache" in out

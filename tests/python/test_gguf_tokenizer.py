@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from ember.gguf_tokenizer import (
     PRE_TOKENIZERS,
     build_hf_tokenizer,
