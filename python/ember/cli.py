@@ -379,8 +379,9 @@ def cmd_info(args: argparse.Namespace, stdout: TextIO) -> int:
     w(f"weights       {_mib(facts.weight_bytes)} as stored\n")
     w(f"per device    at --ctx {ctx} tokens:\n")
     for i, s in enumerate(stages):
+        device = f"cuda:{s.device}" if s.device.isdigit() else s.device
         w(
-            f"  stage {i} {s.device:<8} layers {s.layer_begin}-{s.layer_end - 1}: "
+            f"  stage {i} {device:<8} layers {s.layer_begin}-{s.layer_end - 1}: "
             f"weights {_mib(s.weight_bytes)}, KV cache {_mib(s.kv_bytes)} ({s.kv_dtype}), "
             f"total {_mib(s.weight_bytes + s.kv_bytes)}\n"
         )
