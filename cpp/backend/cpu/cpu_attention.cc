@@ -98,7 +98,7 @@ void run(const AttentionArgs& a, const std::vector<int32_t>& token_seq, int num_
   {
     std::vector<float> probs(static_cast<size_t>(max_len));
     std::vector<float> acc(static_cast<size_t>(a.d));
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic, 1)
     for (int64_t it = 0; it < items; ++it) {
       const int64_t t = it / a.hq, h = it % a.hq;
       const int32_t s = token_seq[t];
