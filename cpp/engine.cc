@@ -169,7 +169,7 @@ void Engine::Impl::build_stages(const ModelFiles& files) {
   std::vector<std::unique_ptr<Backend>> backends;
   std::vector<StageWeights> weights;
   for (int s = 0; s < S; ++s) {
-    backends.push_back(make_backend(devs[s], opts_));
+    backends.push_back(make_backend(devs[s], opts_, static_cast<int>(std::count_if(devs.begin(), devs.end(), [](const DeviceSpec& d) { return d.kind == DeviceSpec::Kind::Cpu; }))));
     const bool first = s == 0, last = s == S - 1;
     weights.push_back(files.weights
                           ? load_stage_weights(cfg_, *files.weights, *backends[s], plan[s].begin, plan[s].end, first, last)

@@ -1,7 +1,9 @@
 // Device strings to backends; builds without CUDA say so plainly instead of failing later.
 #include "backend/backend_factory.h"
 
+#include <algorithm>
 #include <cctype>
+#include <thread>
 
 #include "ember/error.h"
 
@@ -33,8 +35,13 @@ DeviceSpec parse_device(const std::string& text) {
   return d;
 }
 
-std::unique_ptr<Backend> make_backend(const DeviceSpec& dev, const EngineOptions& opts) {
-  if (dev.kind == DeviceSpec::Kind::Cpu) return make_cpu_backend(opts.num_threads);
+std::unique_ptr<Backend> make_backend(const DeviceSpec& dev, const EngineOptions& opts, int cpu_stages) {
+  if (dev.kind == DeviceSpec::Kind::Cpu) {
+    // CPU stages share the cores: each gets its part unless the user chose a thread count.
+    int threads = opts.num_threads;
+    if (threads <= 0) threads = std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / std::max(cpu_stages, 1));
+    return make_cpu_backend(threads);
+  }
 #ifdef EMBER_CUDA_FACTORY
   CudaBackendOptions c;
   c.device = dev.index;

@@ -18,7 +18,8 @@ struct DeviceSpec {
 };
 
 DeviceSpec parse_device(const std::string& text);
-std::unique_ptr<Backend> make_backend(const DeviceSpec& dev, const EngineOptions& opts);
+// `cpu_stages`: how many CPU stages share this machine's cores.
+std::unique_ptr<Backend> make_backend(const DeviceSpec& dev, const EngineOptions& opts, int cpu_stages);
 // The transport from one stage's backend to the next: CUDA peer copy or pinned host staging
 // between GPUs (`mode` auto | peer | host), plain host staging otherwise.
 std::unique_ptr<Transport> make_stage_transport(Backend& from, Backend& to, const std::string& mode, size_t max_bytes,
