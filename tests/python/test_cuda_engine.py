@@ -19,6 +19,8 @@ needs_2_gpus = pytest.mark.skipif(NUM_GPUS < 2, reason="needs 2 CUDA devices")
 needs_4_gpus = pytest.mark.skipif(NUM_GPUS < 4, reason="needs 4 CUDA devices")
 
 TOLERANCE = {"float32": 1e-3, "float16": 2e-2, "bfloat16": 6e-2}
+# Every engine reserves this fraction of the card, so that a test can hold several at once.
+GPU_SHARE = 0.15
 LONG_PROMPT = [(i * 31 + 7) % 500 + 5 for i in range(150)]
 
 
@@ -31,7 +33,7 @@ def greedy(max_tokens: int = 12) -> SamplingParams:
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
 def test_gpu_logits_match_numpy_reference(tiny_model, make_llm, family, dtype):
     path = tiny_model(family, dtype=dtype)
-    llm = make_llm(path, devices=[0])
+    llm = make_llm(path, devices=[0], gpu_memory_utilization=GPU_SHARE)
     out = llm.generate([list(SAMPLE_PROMPT_IDS)], greedy(6), return_logits=True)[0].outputs[0]
     ids = list(SAMPLE_PROMPT_IDS)
     ref = ReferenceModel.from_dir(path).forward(ids + out.token_ids[:-1])
@@ -46,7 +48,12 @@ def test_gpu_logits_match_numpy_reference(tiny_model, make_llm, family, dtype):
 def test_gpu_greedy_equals_cpu_fp32(tiny_model, make_llm, family):
     path = tiny_model(family)
     cpu = make_llm(path).generate([LONG_PROMPT], greedy(16))[0].outputs[0].token_ids
-    gpu = make_llm(path, devices=[0]).generate([LONG_PROMPT], greedy(16))[0].outputs[0].token_ids
+    gpu = (
+        make_llm(path, devices=[0], gpu_memory_utilization=GPU_SHARE)
+        .generate([LONG_PROMPT], greedy(16))[0]
+        .outputs[0]
+        .token_ids
+    )
     assert gpu == cpu
 
 
@@ -54,12 +61,12 @@ def test_gpu_greedy_equals_cpu_fp32(tiny_model, make_llm, family):
 def test_gpu_chunked_prefill_batching_and_graphs_agree(tiny_model, make_llm):
     path = tiny_model("llama")
     prompts = [LONG_PROMPT[i:] for i in range(0, 64, 8)]
-    base = make_llm(path, devices=[0], use_cuda_graphs=False)
+    base = make_llm(path, devices=[0], gpu_memory_utilization=GPU_SHARE, use_cuda_graphs=False)
     expected = [o.outputs[0].token_ids for o in base.generate(prompts, greedy())]
     alone = [base.generate([p], greedy())[0].outputs[0].token_ids for p in prompts]
     assert alone == expected
     for chunk in (1, 7, 64):
-        llm = make_llm(path, devices=[0], chunk_size=chunk)
+        llm = make_llm(path, devices=[0], gpu_memory_utilization=GPU_SHARE, chunk_size=chunk)
         got = [o.outputs[0].token_ids for o in llm.generate(prompts, greedy())]
         assert got == expected, f"chunk_size={chunk}"
 
@@ -68,9 +75,11 @@ def test_gpu_chunked_prefill_batching_and_graphs_agree(tiny_model, make_llm):
 def test_gpu_preemption_frees_everything(tiny_model, make_llm):
     path = tiny_model("llama")
     prompts = [LONG_PROMPT[i : i + 40] for i in range(8)]
-    free = make_llm(path, devices=[0])
+    free = make_llm(path, devices=[0], gpu_memory_utilization=GPU_SHARE)
     expected = [o.outputs[0].token_ids for o in free.generate(prompts, greedy(24))]
-    tight = make_llm(path, devices=[0], kv_cache_tokens=128, block_size=16)
+    tight = make_llm(
+        path, devices=[0], gpu_memory_utilization=GPU_SHARE, kv_cache_tokens=80, block_size=16
+    )
     got = [o.outputs[0].token_ids for o in tight.generate(prompts, greedy(24))]
     assert got == expected
     stats = tight.stats()
@@ -80,7 +89,7 @@ def test_gpu_preemption_frees_everything(tiny_model, make_llm):
 
 @needs_gpu
 def test_gpu_seeded_sampling_is_reproducible(tiny_model, make_llm):
-    llm = make_llm(tiny_model("qwen2"), devices=[0])
+    llm = make_llm(tiny_model("qwen2"), devices=[0], gpu_memory_utilization=GPU_SHARE)
     p = SamplingParams(max_tokens=20, temperature=0.9, top_p=0.9, top_k=50, seed=7, ignore_eos=True)
     a = llm.generate([LONG_PROMPT[:20]], p)[0].outputs[0].token_ids
     b = llm.generate([LONG_PROMPT[:20]], p)[0].outputs[0].token_ids
@@ -90,7 +99,9 @@ def test_gpu_seeded_sampling_is_reproducible(tiny_model, make_llm):
 @needs_gpu
 def test_gpu_random_model_of_real_shape_runs(make_llm):
     llm = make_llm(
-        "random:custom:vocab=32000,hidden=1024,layers=4,heads=16,kv_heads=4,ffn=2816", devices=[0]
+        "random:custom:vocab=32000,hidden=1024,layers=4,heads=16,kv_heads=4,ffn=2816",
+        devices=[0],
+        gpu_memory_utilization=GPU_SHARE,
     )
     out = llm.generate([[1, 2, 3] * 100], greedy(8))[0].outputs[0]
     assert len(out.token_ids) == 8 and out.finish_reason == "length"
@@ -101,8 +112,15 @@ def test_gpu_random_model_of_real_shape_runs(make_llm):
 def test_two_gpu_stages_equal_one(tiny_model, make_llm, transport):
     path = tiny_model("llama", layers=4)
     prompts = [LONG_PROMPT, LONG_PROMPT[:30], LONG_PROMPT[5:90]]
-    one = [o.outputs[0].token_ids for o in make_llm(path, devices=[0]).generate(prompts, greedy())]
-    llm = make_llm(path, devices=[0, 1], transport=transport, chunk_size=32)
+    one = [
+        o.outputs[0].token_ids
+        for o in make_llm(path, devices=[0], gpu_memory_utilization=GPU_SHARE).generate(
+            prompts, greedy()
+        )
+    ]
+    llm = make_llm(
+        path, devices=[0, 1], transport=transport, gpu_memory_utilization=GPU_SHARE, chunk_size=32
+    )
     two = [o.outputs[0].token_ids for o in llm.generate(prompts, greedy())]
     assert two == one
     stages = llm.stats()["stages"]
@@ -113,8 +131,15 @@ def test_two_gpu_stages_equal_one(tiny_model, make_llm, transport):
 @needs_4_gpus
 def test_four_gpu_stages_equal_one(tiny_model, make_llm):
     path = tiny_model("qwen3", layers=4)
-    one = make_llm(path, devices=[0]).generate([LONG_PROMPT], greedy())[0].outputs[0].token_ids
-    four = make_llm(path, devices=[0, 1, 2, 3], chunk_size=16).generate([LONG_PROMPT], greedy())
+    one = (
+        make_llm(path, devices=[0], gpu_memory_utilization=GPU_SHARE)
+        .generate([LONG_PROMPT], greedy())[0]
+        .outputs[0]
+        .token_ids
+    )
+    four = make_llm(
+        path, devices=[0, 1, 2, 3], chunk_size=16, gpu_memory_utilization=GPU_SHARE
+    ).generate([LONG_PROMPT], greedy())
     assert four[0].outputs[0].token_ids == one
 
 
