@@ -273,6 +273,17 @@ class CudaBackendImpl final : public CudaBackend {
     EMBER_CUDA_CHECK_OP("fill_random", launch_fill_random(t.data, t.numel(), seed, scale, offset, t.dtype, stream_));
   }
 
+  void slice_columns(const Tensor& x, int64_t begin, Tensor& out) override {
+    DeviceGuard g(device_);
+    require_float("slice_columns", "x", x);
+    require_same("slice_columns", "x", x, "out", out);
+    const int64_t T = x.shape.empty() ? 0 : x.dim(0);
+    const int64_t C = T ? x.numel() / T : 0, W = T ? out.numel() / T : 0;
+    if (out.numel() != T * W || begin < 0 || begin + W > C)
+      bad("slice_columns", "columns [" + std::to_string(begin) + ", " + std::to_string(begin + W) + ") of " + shape_of(x));
+    EMBER_CUDA_CHECK_OP("slice_columns", launch_slice_columns(x.data, T, C, begin, W, out.data, x.dtype, stream_));
+  }
+
   void gather_rows(const Tensor& x, const int32_t* idx, int64_t n, Tensor& out) override {
     DeviceGuard g(device_);
     require_float("gather_rows", "x", x);

@@ -9,7 +9,7 @@
 
 namespace ember {
 namespace {
-enum Ws { kNormed, kQ, kK, kV, kQn, kKn, kAttn, kTmp, kGateUp, kAct, kRows, kRowsNormed, kLogits, kNumWs };
+enum Ws { kNormed, kQkv, kQ, kK, kV, kQn, kKn, kAttn, kTmp, kGateUp, kAct, kRows, kRowsNormed, kLogits, kNumWs };
 }
 
 DecoderStage::DecoderStage(const ModelConfig& cfg, StageWeights weights, Backend& backend, int64_t max_tokens,
@@ -21,7 +21,7 @@ DecoderStage::DecoderStage(const ModelConfig& cfg, StageWeights weights, Backend
   act_dtype_ = backend.activation_dtype(wdt);
   const int64_t H = cfg.hidden_size, F = cfg.intermediate_size, T = max_tokens;
   const size_t a = dtype_size(act_dtype_);
-  const int64_t sizes[kNumWs] = {T * H, T * cfg.q_size(), T * cfg.kv_size(), T * cfg.kv_size(), T * cfg.q_size(),
+  const int64_t sizes[kNumWs] = {T * H, T * (cfg.q_size() + 2 * cfg.kv_size()), T * cfg.q_size(), T * cfg.kv_size(), T * cfg.kv_size(), T * cfg.q_size(),
                                  T * cfg.kv_size(), T * cfg.q_size(), T * H, T * 2 * F, T * F,
                                  max_logits * H, max_logits * H, max_logits * cfg.vocab_size};
   for (int i = 0; i < kNumWs; ++i)
@@ -60,16 +60,12 @@ void DecoderStage::forward(const DeviceStep& step, Tensor x) {
   for (size_t li = 0; li < weights_.layers.size(); ++li) {
     const LayerWeights& L = weights_.layers[li];
     backend_.rms_norm(x, L.attn_norm, eps, normed);
-    Tensor bq, bk, bv;
-    const bool bias = L.qkv_bias.data != nullptr;
-    if (bias) {
-      bq = L.qkv_bias.rows(0, qs);
-      bk = L.qkv_bias.rows(qs, qs + ks);
-      bv = L.qkv_bias.rows(qs + ks, qs + 2 * ks);
-    }
-    backend_.matmul(normed, L.qkv.rows(0, qs), bias ? &bq : nullptr, q);
-    backend_.matmul(normed, L.qkv.rows(qs, qs + ks), bias ? &bk : nullptr, k);
-    backend_.matmul(normed, L.qkv.rows(qs + ks, qs + 2 * ks), bias ? &bv : nullptr, v);
+    // One GEMM over the fused q|k|v weights, then split into contiguous q, k and v.
+    Tensor qkv = ws(kQkv, {T, qs + 2 * ks});
+    backend_.matmul(normed, L.qkv, L.qkv_bias.data ? &L.qkv_bias : nullptr, qkv);
+    backend_.slice_columns(qkv, 0, q);
+    backend_.slice_columns(qkv, qs, k);
+    backend_.slice_columns(qkv, qs + ks, v);
     Tensor q3 = q.reshaped({T, Hq, D}), k3 = k.reshaped({T, Hk, D});
     if (L.q_norm.data) {
       Tensor qn = ws(kQn, {T * Hq, D}), kn = ws(kKn, {T * Hk, D});

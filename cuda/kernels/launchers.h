@@ -37,6 +37,10 @@ cudaError_t launch_kv_write(const void* k, const void* v, const int32_t* slot_ma
 cudaError_t launch_fill_random(void* x, int64_t n, uint64_t seed, float scale, float offset, DType dtype,
                                cudaStream_t stream);
 
+// out[t, 0:W] = x[t, begin:begin+W] for x [T, C].
+cudaError_t launch_slice_columns(const void* x, int64_t T, int64_t C, int64_t begin, int64_t W, void* out,
+                                 DType dtype, cudaStream_t stream);
+
 // a[i] += b[i]
 cudaError_t launch_add(void* a, const void* b, int64_t n, DType dtype, cudaStream_t stream);
 // out[i] = x[idx[i]] for rows of row_elems.

@@ -84,6 +84,8 @@ class Backend {
   virtual void silu_mul(const Tensor& x, Tensor& out) = 0;
   // a += b
   virtual void add(Tensor& a, const Tensor& b) = 0;
+  // out[t, :] = x[t, begin : begin + out.cols] for x [T, C] and out [T, out.cols].
+  virtual void slice_columns(const Tensor& x, int64_t begin, Tensor& out) = 0;
   // out[i] = x[idx[i]]
   virtual void gather_rows(const Tensor& x, const int32_t* idx, int64_t n, Tensor& out) = 0;
   // t[i] = random_fill_value(seed, i, scale, offset) (ember/random_fill.h), in t's dtype: builds

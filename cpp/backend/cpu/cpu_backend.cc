@@ -242,6 +242,18 @@ class CpuBackend final : public Backend {
     }
   }
 
+  void slice_columns(const Tensor& x, int64_t begin, Tensor& out) override {
+    const int64_t T = x.shape.empty() ? 0 : x.dim(0);
+    const int64_t C = T ? x.numel() / T : 0, W = T ? out.numel() / T : 0;
+    if (x.dtype != out.dtype || out.numel() != T * W || begin < 0 || begin + W > C)
+      throw EngineError("cpu slice_columns: columns [" + std::to_string(begin) + ", " + std::to_string(begin + W) +
+                        ") of a [" + std::to_string(T) + ", " + std::to_string(C) + "] tensor do not fit");
+    const size_t e = dtype_size(x.dtype);
+    const char* src = static_cast<const char*>(x.data);
+    char* dst = static_cast<char*>(out.data);
+    for (int64_t t = 0; t < T; ++t) std::memcpy(dst + t * W * e, src + (t * C + begin) * e, W * e);
+  }
+
   void gather_rows(const Tensor& x, const int32_t* idx, int64_t n, Tensor& out) override {
     require(x.ndim() >= 1 && x.dtype == out.dtype, "gather_rows",
             "x " + dims(x) + " and out must share a dtype");
