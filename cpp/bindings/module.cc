@@ -17,6 +17,10 @@
 #include "bindings/gguf_bindings.h"
 #define EMBER_BIND_GGUF 1
 #endif
+#if __has_include("bindings/bench_bindings.h")
+#include "bindings/bench_bindings.h"
+#define EMBER_BIND_BENCH 1
+#endif
 
 namespace nb = nanobind;
 using namespace nb::literals;
@@ -168,5 +172,8 @@ NB_MODULE(_C, m) {
 
 #ifdef EMBER_BIND_GGUF
   bind_gguf(m);
+#endif
+#ifdef EMBER_BIND_BENCH
+  bind_bench(m);
 #endif
 }
