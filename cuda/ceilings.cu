@@ -34,7 +34,7 @@ class DeviceScope {
 
 class DeviceBuffer {
  public:
-  DeviceBuffer(int64_t bytes, const char* what) : bytes_(bytes) {
+  DeviceBuffer(int64_t bytes, const char* what) {
     const cudaError_t err = cudaMalloc(&ptr_, static_cast<size_t>(bytes));
     if (err != cudaSuccess) {
       cudaGetLastError();
@@ -49,11 +49,9 @@ class DeviceBuffer {
   DeviceBuffer(const DeviceBuffer&) = delete;
   DeviceBuffer& operator=(const DeviceBuffer&) = delete;
   void* get() const { return ptr_; }
-  int64_t bytes() const { return bytes_; }
 
  private:
   void* ptr_ = nullptr;
-  int64_t bytes_ = 0;
 };
 
 class PinnedBuffer {

@@ -17,7 +17,6 @@ import argparse
 import datetime as _dt
 import gc
 import json
-import math
 import platform
 import re
 import statistics
@@ -487,117 +486,134 @@ def safe_name(text: str) -> str:
 # ---- main --------------------------------------------------------------------------------------
 
 
+@dataclass
+class Plan:
+    """The tests of one run: prompt lengths, generated lengths, depths, concurrencies."""
+
+    n_prompt: list[int]
+    n_gen: list[int]
+    depths: list[int]
+    concurrency: list[int]
+    repetitions: int
+
+    def longest_sequence(self) -> int:
+        needs = [p + 1 for p in self.n_prompt]
+        needs += [max(d, 1) + g for d in [0, *self.depths] for g in self.n_gen]
+        needs += [THROUGHPUT_PROMPT + THROUGHPUT_GEN] if self.concurrency else []
+        return max([*needs, WARMUP_PROMPT + WARMUP_GEN])
+
+
+def make_plan(args: argparse.Namespace, on_gpu: bool) -> Plan:
+    def pick(value: list[int] | None, gpu: list[int], cpu: list[int]) -> list[int]:
+        return value if value is not None else (gpu if on_gpu else cpu)
+
+    return Plan(
+        n_prompt=pick(args.n_prompt, [512, 2048, 8192], [128]),
+        n_gen=args.n_gen,
+        depths=pick(args.depth, [4096], []),
+        concurrency=pick(args.concurrency, [64], []),
+        repetitions=args.repetitions,
+    )
+
+
+def engine_options(args: argparse.Namespace, devices: list[str], plan: Plan) -> dict[str, Any]:
+    opts: dict[str, Any] = {
+        "devices": devices,
+        "max_model_len": plan.longest_sequence(),
+        "max_num_seqs": max([*plan.concurrency, 256]),
+        "transport": args.transport,
+        "use_cuda_graphs": not args.no_cuda_graphs,
+    }
+    if devices[0] == "cpu":
+        opts["num_threads"] = args.threads
+    if args.max_memory is not None:
+        opts["max_memory"] = int(args.max_memory * GIB)
+    for key in ("max_num_batched_tokens", "chunk_size", "kv_cache_tokens"):
+        if getattr(args, key) is not None:
+            opts[key] = getattr(args, key)
+    if args.split:
+        opts["layer_split"] = args.split
+    return opts
+
+
+def run_tests(
+    llm: Any, plan: Plan, cost: ModelCost, ceilings: dict[str, Any] | None
+) -> list[TestResult]:
+    """Every test of the plan on one warm engine, in llama-bench order."""
+    prompts = PromptMaker(int(llm.config["vocab_size"]))
+    llm.generate([prompts(WARMUP_PROMPT)], sampling(WARMUP_GEN))  # kernels, handles, graphs
+    copy_bw = ceilings["copy_bytes_per_s"] if ceilings else None
+    mm_rate = ceilings.get("matmul_flops_per_s") if ceilings else None
+    reps = plan.repetitions
+    results: list[TestResult] = []
+
+    def record(r: TestResult, wall: float, timeline: list[dict[str, float]] | None) -> None:
+        r.extra["wall_s"] = wall
+        r.stages = timeline
+        results.append(r)
+        print(f"  {r.test}: {r.mean:.2f} ± {r.sd:.2f} {r.unit}", flush=True)
+
+    for p in plan.n_prompt:
+        (rates, ttfts), wall, tl = timed(llm, lambda p=p: run_prefill(llm, prompts, p, reps))
+        bound = cost.prefill_bound(mm_rate, p) if mm_rate else None
+        r = make_result(f"pp{p}", "pp", rates, n_prompt=p, n_gen=1, bound=bound)
+        r.extra["ttft_s"] = ttfts
+        record(r, wall, tl)
+    for g in plan.n_gen:
+        for d in [0, *plan.depths]:
+            rates, wall, tl = timed(llm, lambda g=g, d=d: run_decode(llm, prompts, g, d, reps))
+            name = f"tg{g}" + (f" @ d{d}" if d else "")
+            bound = cost.decode_bound(copy_bw, d) if copy_bw else None
+            record(
+                make_result(name, "tg", rates, n_prompt=max(d, 1), n_gen=g, depth=d, bound=bound),
+                wall,
+                tl,
+            )
+    for c in plan.concurrency:
+        (gen, total), wall, tl = timed(llm, lambda c=c: run_throughput(llm, prompts, c, reps))
+        for name, vals in ((f"c{c} gen", gen), (f"c{c} total", total)):
+            r = make_result(
+                name, "throughput", vals,
+                n_prompt=THROUGHPUT_PROMPT, n_gen=THROUGHPUT_GEN, concurrency=c,
+            )  # fmt: skip
+            record(r, wall, tl)
+    return results
+
+
+def measure_or_explain(device: str) -> tuple[dict[str, Any] | None, str | None]:
+    try:
+        ceilings = measure_ceilings(device)
+    except (RuntimeError, ValueError) as exc:
+        print(f"ember bench: ceilings not measured: {exc}", file=sys.stderr)
+        return None, str(exc)
+    print(format_ceilings(ceilings), flush=True)
+    return ceilings, None
+
+
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     if args.repetitions < 1:
         raise SystemExit("ember bench: --repetitions must be >= 1")
     devices = args.devices or [default_device()]
     on_gpu = devices[0] != "cpu"
-    n_prompt = (
-        args.n_prompt if args.n_prompt is not None else ([512, 2048, 8192] if on_gpu else [128])
-    )
-    depths = args.depth if args.depth is not None else ([4096] if on_gpu else [])
-    conc = args.concurrency if args.concurrency is not None else ([64] if on_gpu else [])
-    n_gens = args.n_gen
+    plan = make_plan(args, on_gpu)
     path, label = model_label(args)
 
     # Ceilings first: the engine reserves most of the card once it starts.
-    ceilings: dict[str, Any] | None = None
-    ceilings_error: str | None = None
-    if not args.no_ceilings:
-        try:
-            ceilings = measure_ceilings(ceiling_device(devices))
-            print(format_ceilings(ceilings), flush=True)
-        except (RuntimeError, ValueError) as exc:
-            ceilings_error = str(exc)
-            print(f"ember bench: ceilings not measured: {exc}", file=sys.stderr)
-
-    needs = [p + 1 for p in n_prompt] + [max(d, 1) + g for d in [0, *depths] for g in n_gens]
-    needs += [THROUGHPUT_PROMPT + THROUGHPUT_GEN] if conc else []
-    needs += [WARMUP_PROMPT + WARMUP_GEN]
-    engine_opts: dict[str, Any] = {
-        "devices": devices,
-        "max_model_len": max(needs),
-        "max_num_seqs": max([*conc, 256]),
-        "transport": args.transport,
-        "use_cuda_graphs": not args.no_cuda_graphs,
-    }
-    if not on_gpu:
-        engine_opts["num_threads"] = args.threads
-    if args.max_memory is not None:
-        engine_opts["max_memory"] = int(args.max_memory * GIB)
-    for key in ("max_num_batched_tokens", "chunk_size", "kv_cache_tokens"):
-        if getattr(args, key) is not None:
-            engine_opts[key] = getattr(args, key)
-    if args.split:
-        engine_opts["layer_split"] = args.split
+    ceilings, ceilings_error = (
+        (None, None) if args.no_ceilings else measure_or_explain(ceiling_device(devices))
+    )
 
     from ember import LLM
 
+    engine_opts = engine_options(args, devices, plan)
     t_load = time.perf_counter()
     llm = LLM(path, skip_tokenizer_init=True, **engine_opts)
     load_s = time.perf_counter() - t_load
     try:
         config = dict(llm.config)
         cost = ModelCost.from_config(config, on_gpu)
-        prompts = PromptMaker(int(llm.config["vocab_size"]))
-        # Warm-up: kernels, cuBLAS handles, graphs.
-        llm.generate([prompts(WARMUP_PROMPT)], sampling(WARMUP_GEN))
-        copy_bw = ceilings["copy_bytes_per_s"] if ceilings else None
-        mm_rate = ceilings.get("matmul_flops_per_s") if ceilings else None
-        results: list[TestResult] = []
-        timelines: list[str] = []
-        reps = args.repetitions
-
-        def record(r: TestResult, wall: float, timeline: list[dict[str, float]] | None) -> None:
-            r.extra["wall_s"] = wall
-            r.stages = timeline
-            results.append(r)
-            if timeline and len(timeline) > 1:
-                timelines.append(format_timeline(r.test, timeline))
-            print(f"  {r.test}: {r.mean:.2f} ± {r.sd:.2f} {r.unit}", flush=True)
-
-        for p in n_prompt:
-            (rates, ttfts), wall, tl = timed(llm, lambda p=p: run_prefill(llm, prompts, p, reps))
-            r = make_result(
-                f"pp{p}",
-                "pp",
-                rates,
-                n_prompt=p,
-                n_gen=1,
-                bound=cost.prefill_bound(mm_rate, p) if mm_rate else None,
-            )
-            r.extra["ttft_s"] = ttfts
-            record(r, wall, tl)
-        for g in n_gens:
-            for d in [0, *depths]:
-                rates, wall, tl = timed(llm, lambda g=g, d=d: run_decode(llm, prompts, g, d, reps))
-                name = f"tg{g}" + (f" @ d{d}" if d else "")
-                record(
-                    make_result(
-                        name,
-                        "tg",
-                        rates,
-                        n_prompt=max(d, 1),
-                        n_gen=g,
-                        depth=d,
-                        bound=cost.decode_bound(copy_bw, d) if copy_bw else None,
-                    ),
-                    wall,
-                    tl,
-                )
-        for c in conc:
-            (gen, total), wall, tl = timed(llm, lambda c=c: run_throughput(llm, prompts, c, reps))
-            for name, vals in ((f"c{c} gen", gen), (f"c{c} total", total)):
-                r = make_result(
-                    name,
-                    "throughput",
-                    vals,
-                    n_prompt=THROUGHPUT_PROMPT,
-                    n_gen=THROUGHPUT_GEN,
-                    concurrency=c,
-                )
-                record(r, wall, tl)
+        results = run_tests(llm, plan, cost, ceilings)
         stats = llm.stats()
     finally:
         llm.close()
@@ -612,6 +628,9 @@ def main(argv: list[str] | None = None) -> None:
     }
     print()
     print(format_table(results, head))
+    timelines = [
+        format_timeline(r.test, r.stages) for r in results if r.stages and len(r.stages) > 1
+    ]
     if timelines:
         print("\n" + "\n".join(timelines))
     print(
@@ -656,14 +675,8 @@ def main(argv: list[str] | None = None) -> None:
         "results": [asdict(r) for r in results],
     }
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text(json.dumps(doc, indent=2, default=_jsonable) + "\n")
+    out_path.write_text(json.dumps(doc, indent=2, default=str) + "\n")
     print(f"wrote {out_path}")
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return str(value)
 
 
 if __name__ == "__main__":
