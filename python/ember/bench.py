@@ -146,7 +146,9 @@ def stage_snapshot(llm: Any) -> list[dict[str, float]] | None:
     stages = llm.stats().get("stages")
     if not stages:
         return None
-    return [{k: float(v) for k, v in dict(s).items()} for s in stages]
+    return [
+        {k: float(v) for k, v in dict(s).items() if isinstance(v, int | float)} for s in stages
+    ]
 
 
 def stage_timeline(
