@@ -133,6 +133,7 @@ def run_config(cfg: Config, args: argparse.Namespace) -> ConfigResult:
         "max_num_seqs": args.max_num_seqs,
         "transport": cfg.transport if cfg.gpus > 1 else "auto",
         "skip_tokenizer_init": True,
+        "profile_stages": bool(args.profile_stages),
     }
     if cfg.cap_gib:
         opts["max_memory"] = int(cfg.cap_gib * GIB)
@@ -321,6 +322,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--throughput-reps", type=int, default=1)
     p.add_argument("--max-num-seqs", type=int, default=4096)
     p.add_argument("--max-num-batched-tokens", type=int, default=None)
+    p.add_argument(
+        "--profile-stages",
+        action="store_true",
+        help="sync each stage step to time compute and copy",
+    )
     p.add_argument("--chunk-size", type=int, default=None)
     p.add_argument("--no-ceilings", action="store_true")
     p.add_argument(

@@ -146,9 +146,7 @@ def stage_snapshot(llm: Any) -> list[dict[str, float]] | None:
     stages = llm.stats().get("stages")
     if not stages:
         return None
-    return [
-        {k: float(v) for k, v in dict(s).items() if isinstance(v, int | float)} for s in stages
-    ]
+    return [{k: float(v) for k, v in dict(s).items() if isinstance(v, int | float)} for s in stages]
 
 
 def stage_timeline(
@@ -453,6 +451,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-size", type=int, default=None)
     p.add_argument("--kv-cache-tokens", type=int, default=None)
     p.add_argument("--no-cuda-graphs", action="store_true")
+    p.add_argument(
+        "--profile-stages",
+        action="store_true",
+        help="time each stage's compute and copy for the timeline (adds a sync per stage step)",
+    )
     p.add_argument("--threads", type=int, default=0, help="CPU threads per stage (0 = all)")
     p.add_argument(
         "--json",
@@ -525,6 +528,7 @@ def engine_options(args: argparse.Namespace, devices: list[str], plan: Plan) -> 
         "max_num_seqs": max([*plan.concurrency, 256]),
         "transport": args.transport,
         "use_cuda_graphs": not args.no_cuda_graphs,
+        "profile_stages": bool(args.profile_stages),
     }
     if devices[0] == "cpu":
         opts["num_threads"] = args.threads
