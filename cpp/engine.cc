@@ -162,14 +162,48 @@ void Engine::Impl::build_stages(const ModelFiles& files) {
   for (const auto& d : opts_.devices) devs.push_back(parse_device(d));
   for (const auto& d : devs)
     if (d.kind != devs[0].kind) throw InvalidArgument("devices: mixing CPU and GPU stages is not supported");
-  std::vector<StageRange> plan = plan_stages(cfg_.num_layers, S, opts_.layer_split);
-
   const int64_t max_tokens = opts_.max_num_batched_tokens;
   const int64_t max_logits = std::min<int64_t>(opts_.max_num_seqs, max_tokens);
+  const int cpu_stages = static_cast<int>(
+      std::count_if(devs.begin(), devs.end(), [](const DeviceSpec& d) { return d.kind == DeviceSpec::Kind::Cpu; }));
   std::vector<std::unique_ptr<Backend>> backends;
+  for (int s = 0; s < S; ++s) backends.push_back(make_backend(devs[s], opts_, cpu_stages));
+
+  // Activations, workspace and slot buffers a stage needs besides weights and KV pages.
+  const int64_t workspace = max_tokens * (8 * cfg_.hidden_size + 6 * cfg_.q_size() + 3 * cfg_.intermediate_size) * 4 +
+                            max_logits * cfg_.vocab_size * 4 + (int64_t{256} << 20);
+  const bool gpu = devs[0].kind == DeviceSpec::Kind::Cuda;
+  const DType matrix_dtype = backends[0]->weight_storage_dtype(cfg_.dtype);
+  std::vector<double> capacity;
+  if (gpu && opts_.layer_split.empty() && S > 1) {
+    // Layers follow each device's free memory once the embedding and the LM head are placed.
+    const double vocab_bytes = static_cast<double>(cfg_.vocab_size * cfg_.hidden_size) * dtype_size(matrix_dtype);
+    for (int s = 0; s < S; ++s) {
+      double free_b = static_cast<double>(backend_free_bytes(*backends[s])) - static_cast<double>(workspace);
+      if (s == 0) free_b -= vocab_bytes;
+      if (s == S - 1) free_b -= vocab_bytes;
+      capacity.push_back(std::max(free_b, 1.0));
+    }
+  }
+  std::vector<StageRange> plan = plan_stages(cfg_.num_layers, S, opts_.layer_split, capacity);
+  if (gpu) {  // refuse before loading anything if some stage cannot hold its share
+    std::string report;
+    bool fits = true;
+    for (int s = 0; s < S; ++s) {
+      const size_t need = stage_weight_bytes(cfg_, plan[s].begin, plan[s].end, s == 0, s == S - 1, matrix_dtype) +
+                          static_cast<size_t>(workspace);
+      const size_t free_b = backend_free_bytes(*backends[s]);
+      fits = fits && need <= free_b;
+      report += "\n  " + backends[s]->name() + ": layers " + std::to_string(plan[s].begin) + "-" +
+                std::to_string(plan[s].end - 1) + " need " + std::to_string(need >> 20) + " MiB, " +
+                std::to_string(free_b >> 20) + " MiB available";
+    }
+    if (!fits)
+      throw EngineError("the model does not fit on the given devices (weights plus workspace, before any KV cache):" +
+                        report + "\nuse more devices, a larger max_memory, or a smaller max_num_batched_tokens");
+  }
   std::vector<StageWeights> weights;
   for (int s = 0; s < S; ++s) {
-    backends.push_back(make_backend(devs[s], opts_, static_cast<int>(std::count_if(devs.begin(), devs.end(), [](const DeviceSpec& d) { return d.kind == DeviceSpec::Kind::Cpu; }))));
     const bool first = s == 0, last = s == S - 1;
     weights.push_back(files.weights
                           ? load_stage_weights(cfg_, *files.weights, *backends[s], plan[s].begin, plan[s].end, first, last)
@@ -181,16 +215,14 @@ void Engine::Impl::build_stages(const ModelFiles& files) {
     if (devs[0].kind == DeviceSpec::Kind::Cpu) {
       tokens = default_cpu_kv_tokens(cfg_, opts_.max_model_len);
     } else {
-      const double frac = opts_.kv_memory_fraction > 0 ? opts_.kv_memory_fraction : 0.9;
+      const double frac = opts_.kv_memory_fraction > 0 ? opts_.kv_memory_fraction : 0.98;
       int64_t best = -1;
       for (int s = 0; s < S; ++s) {
         const DType act = backends[s]->activation_dtype(weights[s].layers.empty() ? DType::BF16 : weights[s].layers[0].qkv.dtype);
         const int64_t layers = plan[s].end - plan[s].begin;
         const int64_t per_token = 2 * layers * cfg_.kv_size() * static_cast<int64_t>(dtype_size(act));
-        // Leave room for the workspace and activation slots.
-        const int64_t ws = max_tokens * (6 * cfg_.hidden_size + 4 * cfg_.q_size() + 3 * cfg_.intermediate_size) * 4 +
-                           max_logits * cfg_.vocab_size * 4 + (int64_t{256} << 20);
-        const int64_t free_bytes = static_cast<int64_t>(backend_free_bytes(*backends[s])) - ws;
+        // What the reservation still holds once the workspace and activation slots are set aside.
+        const int64_t free_bytes = static_cast<int64_t>(backend_free_bytes(*backends[s])) - workspace;
         const int64_t t = static_cast<int64_t>(std::max<int64_t>(free_bytes, 0) * frac) / std::max<int64_t>(per_token, 1);
         best = best < 0 ? t : std::min(best, t);
       }

@@ -20,7 +20,7 @@ struct EngineOptions {
   std::string transport = "auto";           // auto | peer | host (between GPU stages)
   int64_t max_model_len = 0;                // 0 = min(config, 8192)
   int64_t kv_cache_tokens = 0;              // 0 = sized from kv_memory_fraction / defaults
-  double kv_memory_fraction = 0.0;          // of free memory (GPU) ; 0 = default
+  double kv_memory_fraction = 0.0;          // of the GPU memory left after weights and workspace; 0 = 0.98
   int32_t block_size = 16;
   int32_t max_num_seqs = 256;
   int32_t max_num_batched_tokens = 2048;    // token budget of one step
