@@ -13,7 +13,7 @@ constexpr int kRows = kPrefillMmaRows;
 constexpr int kWarps = kRows / 16;
 constexpr int kThreads = kWarps * 32;
 constexpr int kKeys = 64;  // keys per K/V tile
-static_assert(kRows % 16 == 0 && kKeys % 16 == 0, "tiles are made of 16x16 mma blocks");
+static_assert((kRows == 64 || kRows == 128) && kKeys % 16 == 0, "one or two 64-row halves of 16-row warps; 16-key mma steps");
 
 __device__ __forceinline__ uint32_t smem_addr(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
@@ -114,7 +114,7 @@ __device__ void locate_tile(const int32_t* __restrict__ query_start, int num_seq
 }
 
 template <typename T, int D>
-__global__ void __launch_bounds__(kThreads, D <= 64 ? 2 : 1)
+__global__ void __launch_bounds__(kThreads, (D <= 64 ? 2 : 1) * (128 / kRows))
     prefill_mma_kernel(const T* __restrict__ q, const T* __restrict__ k_cache, const T* __restrict__ v_cache,
                        T* __restrict__ out, const int32_t* __restrict__ query_start,
                        const int32_t* __restrict__ seq_lens, const int32_t* __restrict__ block_tables, int num_seqs,
