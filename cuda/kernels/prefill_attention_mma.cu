@@ -10,10 +10,15 @@ namespace ember::cuda {
 namespace {
 
 constexpr int kRows = kPrefillMmaRows;
-constexpr int kWarps = kRows / 16;
+// 16-row mma blocks per warp. Two halve the shared-memory reads of K and V per flop (each fragment
+// feeds two mmas) but leave no registers for Q, which is then re-read from shared memory.
+constexpr int kMT = 2;
+constexpr bool kQInRegs = kMT == 1;
+constexpr int kWarpRows = 16 * kMT;
+constexpr int kWarps = kRows / kWarpRows;
 constexpr int kThreads = kWarps * 32;
 constexpr int kKeys = 64;  // keys per K/V tile
-static_assert((kRows == 64 || kRows == 128) && kKeys % 16 == 0, "one or two 64-row halves of 16-row warps; 16-key mma steps");
+static_assert(kRows % kWarpRows == 0 && kKeys % 16 == 0, "whole 16-row mma blocks per warp; 16-key mma steps");
 
 __device__ __forceinline__ uint32_t smem_addr(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
@@ -114,7 +119,7 @@ __device__ void locate_tile(const int32_t* __restrict__ query_start, int num_seq
 }
 
 template <typename T, int D>
-__global__ void __launch_bounds__(kThreads, (D <= 64 ? 2 : 1) * (128 / kRows))
+__global__ void __launch_bounds__(kThreads, kMT == 1 ? (D <= 64 ? 2 : 1) * (128 / kRows) : 2)
     prefill_mma_kernel(const T* __restrict__ q, const T* __restrict__ k_cache, const T* __restrict__ v_cache,
                        T* __restrict__ out, const int32_t* __restrict__ query_start,
                        const int32_t* __restrict__ seq_lens, const int32_t* __restrict__ block_tables, int num_seqs,
@@ -169,99 +174,128 @@ __global__ void __launch_bounds__(kThreads, (D <= 64 ? 2 : 1) * (128 / kRows))
   load_kv(0);
   cp_async_commit();
 
-  // This lane holds rows ra and ra + 8 of its warp's 16; limit = last key position the row sees.
-  const int ra = warp * 16 + (lane >> 2);
-  int lim[2];
+  // In mma block mt this lane holds rows ra + 16 mt and ra + 16 mt + 8 of the warp's; lim = last key
+  // position the row sees (-1: a padding row past the chunk).
+  const int ra = warp * kWarpRows + (lane >> 2);
+  int lim[kMT][2];
 #pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    const int flat = row0 + ra + 8 * h;
-    lim[h] = flat < nrows ? past + flat / G : -1;
-  }
-  const int wfirst = row0 + warp * 16;
-  const int wlast = min(wfirst + 15, nrows - 1);
+  for (int mt = 0; mt < kMT; ++mt)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int flat = row0 + ra + 16 * mt + 8 * h;
+      lim[mt][h] = flat < nrows ? past + flat / G : -1;
+    }
+  const int wfirst = row0 + warp * kWarpRows;
+  const int wlast = min(wfirst + kWarpRows - 1, nrows - 1);
   const int warp_max_lim = wlast >= wfirst ? past + wlast / G : -1;
-  const int warp_min_lim = wfirst + 15 < nrows ? past + wfirst / G : -1;
+  const int warp_min_lim = wfirst + kWarpRows - 1 < nrows ? past + wfirst / G : -1;
 
-  uint32_t qf[D / 16][4];
-  float o[D / 8][4];
+  uint32_t qf[kQInRegs ? D / 16 : 1][4];
+  float o[kMT][D / 8][4];
+  float m[kMT][2], l[kMT][2];
 #pragma unroll
-  for (int i = 0; i < D / 8; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
-  float m[2] = {-INFINITY, -INFINITY};
-  float l[2] = {0.0f, 0.0f};
+  for (int mt = 0; mt < kMT; ++mt) {
+#pragma unroll
+    for (int i = 0; i < D / 8; ++i) o[mt][i][0] = o[mt][i][1] = o[mt][i][2] = o[mt][i][3] = 0.0f;
+    m[mt][0] = m[mt][1] = -INFINITY;
+    l[mt][0] = l[mt][1] = 0.0f;
+  }
+  // A fragment of Q for mma block mt, k-step kk (ldmatrix x4: rows 0-7 / 8-15, k 0-7 / 8-15).
+  auto load_q = [&](uint32_t (&a)[4], int mt, int kk) {
+    const int row = warp * kWarpRows + mt * 16 + (lane & 7) + (((lane >> 3) & 1) << 3);
+    ldmatrix_x4(a, smem_addr(q_s + swz<D>(row, 2 * kk + (lane >> 4))));
+  };
 
   for (int it = 0; it < n_tiles; ++it) {
     if (it + 1 < n_tiles) load_kv(it + 1);
     cp_async_commit();  // possibly empty: keeps the group count uniform for the wait below
     cp_async_wait<1>();
     __syncthreads();
-    if (it == 0) {
+    if (kQInRegs && it == 0) {
 #pragma unroll
-      for (int kk = 0; kk < D / 16; ++kk) {
-        const int row = warp * 16 + (lane & 7) + (((lane >> 3) & 1) << 3);
-        ldmatrix_x4(qf[kk], smem_addr(q_s + swz<D>(row, 2 * kk + (lane >> 4))));
-      }
+      for (int kk = 0; kk < D / 16; ++kk) load_q(qf[kQInRegs ? kk : 0], 0, kk);
     }
     const int t0 = it * kKeys;
     if (t0 <= warp_max_lim) {
       const T* ks = k_s + (it & 1) * kKeys * D;
       const T* vs = v_s + (it & 1) * kKeys * D;
-      float sc[kKeys / 8][4];
+      float sc[kMT][kKeys / 8][4];
 #pragma unroll
-      for (int nb = 0; nb < kKeys / 8; ++nb) sc[nb][0] = sc[nb][1] = sc[nb][2] = sc[nb][3] = 0.0f;
+      for (int mt = 0; mt < kMT; ++mt)
+#pragma unroll
+        for (int nb = 0; nb < kKeys / 8; ++nb) sc[mt][nb][0] = sc[mt][nb][1] = sc[mt][nb][2] = sc[mt][nb][3] = 0.0f;
 #pragma unroll
       for (int kk = 0; kk < D / 16; ++kk) {
+        uint32_t qa[kMT][4];
+#pragma unroll
+        for (int mt = 0; mt < kMT; ++mt) {
+          if constexpr (kQInRegs) {
+#pragma unroll
+            for (int i = 0; i < 4; ++i) qa[mt][i] = qf[kk][i];
+          } else {
+            load_q(qa[mt], mt, kk);
+          }
+        }
 #pragma unroll
         for (int nb = 0; nb < kKeys / 8; nb += 2) {
           const int key = nb * 8 + ((lane >> 4) << 3) + (lane & 7);
           uint32_t b[4];
           ldmatrix_x4(b, smem_addr(ks + swz<D>(key, 2 * kk + ((lane >> 3) & 1))));
-          mma16816<T>(sc[nb], qf[kk], b[0], b[1]);
-          mma16816<T>(sc[nb + 1], qf[kk], b[2], b[3]);
+#pragma unroll
+          for (int mt = 0; mt < kMT; ++mt) {
+            mma16816<T>(sc[mt][nb], qa[mt], b[0], b[1]);
+            mma16816<T>(sc[mt][nb + 1], qa[mt], b[2], b[3]);
+          }
         }
       }
       if (t0 + kKeys - 1 > warp_min_lim) {  // the diagonal (or the end of a short tile) crosses this tile
 #pragma unroll
+        for (int mt = 0; mt < kMT; ++mt)
+#pragma unroll
+          for (int nb = 0; nb < kKeys / 8; ++nb)
+#pragma unroll
+            for (int e = 0; e < 4; ++e)
+              if (t0 + nb * 8 + (lane & 3) * 2 + (e & 1) > lim[mt][e >> 1]) sc[mt][nb][e] = -INFINITY;
+      }
+      uint32_t pf[kMT][kKeys / 16][4];
+#pragma unroll
+      for (int mt = 0; mt < kMT; ++mt) {
+        float mx[2] = {m[mt][0], m[mt][1]};
+#pragma unroll
         for (int nb = 0; nb < kKeys / 8; ++nb)
 #pragma unroll
-          for (int e = 0; e < 4; ++e)
-            if (t0 + nb * 8 + (lane & 3) * 2 + (e & 1) > lim[e >> 1]) sc[nb][e] = -INFINITY;
-      }
-      float mx[2] = {m[0], m[1]};
+          for (int e = 0; e < 4; ++e) mx[e >> 1] = fmaxf(mx[e >> 1], sc[mt][nb][e] * scale_log2);
+        float base[2], alpha[2];
 #pragma unroll
-      for (int nb = 0; nb < kKeys / 8; ++nb)
+        for (int h = 0; h < 2; ++h) {
+          mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 1));
+          mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 2));
+          base[h] = mx[h] == -INFINITY ? 0.0f : mx[h];  // a row that has seen nothing stays at zero
+          alpha[h] = exp2f(m[mt][h] - base[h]);
+          m[mt][h] = mx[h];
+        }
+        float rs[2] = {0.0f, 0.0f};
 #pragma unroll
-        for (int e = 0; e < 4; ++e) mx[e >> 1] = fmaxf(mx[e >> 1], sc[nb][e] * scale_log2);
-      float base[2], alpha[2];
+        for (int nb = 0; nb < kKeys / 8; ++nb) {
+          const float p0 = exp2f(fmaf(sc[mt][nb][0], scale_log2, -base[0]));
+          const float p1 = exp2f(fmaf(sc[mt][nb][1], scale_log2, -base[0]));
+          const float p2 = exp2f(fmaf(sc[mt][nb][2], scale_log2, -base[1]));
+          const float p3 = exp2f(fmaf(sc[mt][nb][3], scale_log2, -base[1]));
+          rs[0] += p0 + p1;
+          rs[1] += p2 + p3;
+          // The accumulator layout of two adjacent 16x8 blocks is the A-operand layout of one 16x16 block.
+          pf[mt][nb >> 1][(nb & 1) * 2 + 0] = pack2<T>(p0, p1);
+          pf[mt][nb >> 1][(nb & 1) * 2 + 1] = pack2<T>(p2, p3);
+        }
 #pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 1));
-        mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 2));
-        base[h] = mx[h] == -INFINITY ? 0.0f : mx[h];  // a row that has seen nothing stays at zero
-        alpha[h] = exp2f(m[h] - base[h]);
-        m[h] = mx[h];
-      }
-      uint32_t pf[kKeys / 16][4];
-      float rs[2] = {0.0f, 0.0f};
+        for (int h = 0; h < 2; ++h) l[mt][h] = l[mt][h] * alpha[h] + rs[h];
 #pragma unroll
-      for (int nb = 0; nb < kKeys / 8; ++nb) {
-        const float p0 = exp2f(fmaf(sc[nb][0], scale_log2, -base[0]));
-        const float p1 = exp2f(fmaf(sc[nb][1], scale_log2, -base[0]));
-        const float p2 = exp2f(fmaf(sc[nb][2], scale_log2, -base[1]));
-        const float p3 = exp2f(fmaf(sc[nb][3], scale_log2, -base[1]));
-        rs[0] += p0 + p1;
-        rs[1] += p2 + p3;
-        // The accumulator layout of two adjacent 16x8 blocks is the A-operand layout of one 16x16 block.
-        pf[nb >> 1][(nb & 1) * 2 + 0] = pack2<T>(p0, p1);
-        pf[nb >> 1][(nb & 1) * 2 + 1] = pack2<T>(p2, p3);
-      }
-#pragma unroll
-      for (int h = 0; h < 2; ++h) l[h] = l[h] * alpha[h] + rs[h];
-#pragma unroll
-      for (int nd = 0; nd < D / 8; ++nd) {
-        o[nd][0] *= alpha[0];
-        o[nd][1] *= alpha[0];
-        o[nd][2] *= alpha[1];
-        o[nd][3] *= alpha[1];
+        for (int nd = 0; nd < D / 8; ++nd) {
+          o[mt][nd][0] *= alpha[0];
+          o[mt][nd][1] *= alpha[0];
+          o[mt][nd][2] *= alpha[1];
+          o[mt][nd][3] *= alpha[1];
+        }
       }
 #pragma unroll
       for (int j = 0; j < kKeys / 16; ++j) {
@@ -270,8 +304,11 @@ __global__ void __launch_bounds__(kThreads, (D <= 64 ? 2 : 1) * (128 / kRows))
         for (int nd = 0; nd < D / 8; nd += 2) {
           uint32_t b[4];
           ldmatrix_x4_trans(b, smem_addr(vs + swz<D>(key, nd + (lane >> 4))));
-          mma16816<T>(o[nd], pf[j], b[0], b[1]);
-          mma16816<T>(o[nd + 1], pf[j], b[2], b[3]);
+#pragma unroll
+          for (int mt = 0; mt < kMT; ++mt) {
+            mma16816<T>(o[mt][nd], pf[mt][j], b[0], b[1]);
+            mma16816<T>(o[mt][nd + 1], pf[mt][j], b[2], b[3]);
+          }
         }
       }
     }
@@ -279,18 +316,21 @@ __global__ void __launch_bounds__(kThreads, (D <= 64 ? 2 : 1) * (128 / kRows))
   }
 
 #pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    float sum = l[h];
-    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-    sum += __shfl_xor_sync(0xffffffffu, sum, 2);
-    const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
-    const int flat = row0 + ra + 8 * h;
-    if (flat >= nrows) continue;
-    T* orow = out + (static_cast<int64_t>(q0 + flat / G) * Hq + kvh * G + flat % G) * D + (lane & 3) * 2;
+  for (int mt = 0; mt < kMT; ++mt)
 #pragma unroll
-    for (int nd = 0; nd < D / 8; ++nd)
-      *reinterpret_cast<uint32_t*>(orow + nd * 8) = pack2<T>(o[nd][2 * h] * inv, o[nd][2 * h + 1] * inv);
-  }
+    for (int h = 0; h < 2; ++h) {
+      float sum = l[mt][h];
+      sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+      sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+      const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
+      const int flat = row0 + ra + 16 * mt + 8 * h;
+      if (flat >= nrows) continue;
+      T* orow = out + (static_cast<int64_t>(q0 + flat / G) * Hq + kvh * G + flat % G) * D + (lane & 3) * 2;
+#pragma unroll
+      for (int nd = 0; nd < D / 8; ++nd)
+        *reinterpret_cast<uint32_t*>(orow + nd * 8) =
+            pack2<T>(o[mt][nd][2 * h] * inv, o[mt][nd][2 * h + 1] * inv);
+    }
 }
 
 template <typename T, int D>
