@@ -554,6 +554,31 @@ void CudaBackendImpl::attention(const Tensor& q, const Tensor& k_cache, const Te
     EMBER_CUDA_CHECK_OP("attention (decode)", launch_paged_attention_decode(a, q.dtype, stream_));
     return;
   }
+  if (prefill_attention_mma_supported(q.dtype, D)) {
+    PrefillMmaArgs a{};
+    const int group = Hq / Hk;
+    int64_t tiles = 0;
+    for (size_t s = 0; s + 1 < host_query_start_.size(); ++s)
+      tiles += (static_cast<int64_t>(host_query_start_[s + 1] - host_query_start_[s]) * group + kPrefillMmaRows - 1) /
+               kPrefillMmaRows;
+    a.q = q.data;
+    a.k_cache = k_cache.data;
+    a.v_cache = v_cache.data;
+    a.out = out.data;
+    a.query_start = step.query_start;
+    a.seq_lens = step.seq_lens;
+    a.block_tables = step.block_tables;
+    a.num_seqs = step.num_seqs;
+    a.num_tiles = static_cast<int>(tiles);
+    a.num_heads = Hq;
+    a.num_kv_heads = Hk;
+    a.head_dim = D;
+    a.max_blocks_per_seq = step.max_blocks_per_seq;
+    a.block_size = step.block_size;
+    a.scale = scale;
+    EMBER_CUDA_CHECK_OP("attention (prefill, tensor cores)", launch_prefill_attention_mma(a, q.dtype, stream_));
+    return;
+  }
   PrefillAttentionArgs a{};
   a.items = prefill_items(Hq / Hk);
   a.q = q.data;

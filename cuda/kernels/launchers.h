@@ -85,6 +85,24 @@ struct PrefillAttentionArgs {
 constexpr int kPrefillRowsPerTile = 16;
 cudaError_t launch_prefill_attention(const PrefillAttentionArgs& args, DType dtype, cudaStream_t stream);
 
+// Tensor-core causal prefill (F16/BF16 with head_dim 64 or 128; others use launch_prefill_attention):
+// one block per (tile of kPrefillMmaRows (query, head-in-group) rows of one sequence, kv head). The
+// tiles are numbered over the sequences in order, each sequence taking ceil(chunk * group / rows).
+constexpr int kPrefillMmaRows = 128;
+bool prefill_attention_mma_supported(DType dtype, int head_dim);
+struct PrefillMmaArgs {
+  const void* q;        // [T, Hq, D]
+  const void* k_cache;  // [num_slots, Hk, D]
+  const void* v_cache;
+  void* out;            // [T, Hq, D]
+  const int32_t* query_start;
+  const int32_t* seq_lens;
+  const int32_t* block_tables;
+  int num_seqs, num_tiles, num_heads, num_kv_heads, head_dim, max_blocks_per_seq, block_size;
+  float scale;
+};
+cudaError_t launch_prefill_attention_mma(const PrefillMmaArgs& args, DType dtype, cudaStream_t stream);
+
 // ---- sampling ----
 struct SampleRowParams {
   float temperature;     // 0 = greedy

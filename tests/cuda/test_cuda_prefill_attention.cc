@@ -1,0 +1,275 @@
+// The tensor-core prefill attention against a float64 host reference: chunks with and without a
+// cached past, GQA ratios 1/4/8, head dims 64/128, scrambled block tables, mixed prefill+decode
+// steps. The DISABLED_ benchmark times Llama-3-8B's attention shape against the CUDA-core kernel.
+#include <cuda_runtime.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <numeric>
+#include <string>
+
+#include "cuda_test_util.h"
+#include "kernels/launchers.h"
+
+namespace ember::test {
+namespace {
+
+using cuda::kPrefillRowsPerTile;
+using cuda::PrefillAttentionArgs;
+using cuda::PrefillWorkItem;
+using Seqs = std::vector<std::pair<int, int>>;  // (past length, chunk length)
+
+// Step metadata for `seqs` over a scrambled page pool (a few spare pages nobody owns).
+StepMeta make_step(const Seqs& seqs, int block_size, uint32_t seed, int64_t* num_slots) {
+  StepMeta m;
+  m.block_size = block_size;
+  int max_blocks = 0, total_blocks = 0;
+  for (auto [past, q] : seqs) {
+    int blocks = (past + q + block_size - 1) / block_size;
+    max_blocks = std::max(max_blocks, blocks);
+    total_blocks += blocks;
+  }
+  const int num_pages = total_blocks + 3;
+  std::vector<int32_t> pages(num_pages);
+  std::iota(pages.begin(), pages.end(), 0);
+  std::shuffle(pages.begin(), pages.end(), std::mt19937(seed));
+  m.max_blocks_per_seq = max_blocks + 1;
+  int next = 0, T = 0;
+  m.query_start.push_back(0);
+  for (auto [past, q] : seqs) {
+    int L = past + q, blocks = (L + block_size - 1) / block_size;
+    for (int b = 0; b < m.max_blocks_per_seq; ++b) m.block_tables.push_back(b < blocks ? pages[next + b] : -1);
+    for (int j = 0; j < q; ++j) {
+      int pos = past + j;
+      m.token_ids.push_back(0);
+      m.positions.push_back(pos);
+      m.slot_mapping.push_back(pages[next + pos / block_size] * block_size + pos % block_size);
+    }
+    next += blocks;
+    T += q;
+    m.query_start.push_back(T);
+    m.seq_lens.push_back(L);
+  }
+  *num_slots = static_cast<int64_t>(num_pages) * block_size;
+  return m;
+}
+
+// Causal attention in float64 over the paged cache: query j of a chunk of qlen sits at L - qlen + j.
+std::vector<float> reference(const std::vector<float>& q, const std::vector<float>& kc, const std::vector<float>& vc,
+                             const StepMeta& m, int Hq, int Hk, int D, float scale) {
+  std::vector<float> out(q.size());
+  const int G = Hq / Hk;
+  std::vector<double> sc, acc(D);
+  for (size_t s = 0; s + 1 < m.query_start.size(); ++s) {
+    const int q0 = m.query_start[s], qlen = m.query_start[s + 1] - q0, L = m.seq_lens[s];
+    const int32_t* table = m.block_tables.data() + s * m.max_blocks_per_seq;
+    for (int j = 0; j < qlen; ++j) {
+      const int pos = L - qlen + j;
+      for (int h = 0; h < Hq; ++h) {
+        const float* qr = q.data() + (static_cast<size_t>(q0 + j) * Hq + h) * D;
+        sc.assign(pos + 1, 0.0);
+        double mx = -1e300;
+        for (int t = 0; t <= pos; ++t) {
+          const int64_t slot = static_cast<int64_t>(table[t / m.block_size]) * m.block_size + t % m.block_size;
+          const float* kr = kc.data() + (slot * Hk + h / G) * D;
+          double d = 0.0;
+          for (int i = 0; i < D; ++i) d += static_cast<double>(qr[i]) * kr[i];
+          sc[t] = d * scale;
+          mx = std::max(mx, sc[t]);
+        }
+        std::fill(acc.begin(), acc.end(), 0.0);
+        double sum = 0.0;
+        for (int t = 0; t <= pos; ++t) {
+          const int64_t slot = static_cast<int64_t>(table[t / m.block_size]) * m.block_size + t % m.block_size;
+          const float* vr = vc.data() + (slot * Hk + h / G) * D;
+          const double p = std::exp(sc[t] - mx);
+          sum += p;
+          for (int i = 0; i < D; ++i) acc[i] += p * vr[i];
+        }
+        float* orow = out.data() + (static_cast<size_t>(q0 + j) * Hq + h) * D;
+        for (int i = 0; i < D; ++i) orow[i] = static_cast<float>(acc[i] / sum);
+      }
+    }
+  }
+  return out;
+}
+
+struct PrefillCase {
+  std::string name;
+  Seqs seqs;
+  int Hq, Hk, D, block_size;
+};
+void PrintTo(const PrefillCase& c, std::ostream* os) { *os << c.name; }
+
+Seqs many_seqs() {
+  std::mt19937 rng(7);
+  Seqs s;
+  for (int i = 0; i < 45; ++i) s.push_back({static_cast<int>(rng() % 200), 1 + static_cast<int>(rng() % 40)});
+  return s;
+}
+
+const PrefillCase kCases[] = {
+    {"single_chunk_gqa4_d128", {{0, 300}}, 8, 2, 128, 16},
+    {"chunk_with_past_gqa8_d128", {{517, 200}}, 16, 2, 128, 16},
+    {"mha_two_seqs_d64", {{0, 257}, {64, 130}}, 4, 4, 64, 16},
+    {"gqa8_d64_block32", {{33, 95}, {1000, 64}}, 8, 1, 64, 32},
+    {"mixed_prefill_decode_llama_heads", {{0, 19}, {60, 1}, {33, 7}, {5, 1}, {250, 129}, {0, 1}}, 32, 8, 128, 16},
+    {"block8_past_not_page_aligned", {{13, 77}}, 12, 3, 128, 8},
+    {"many_seqs_d64", many_seqs(), 8, 2, 64, 16},
+    {"long_past_short_chunk", {{2000, 17}}, 32, 8, 128, 16},
+    {"fallback_d96", {{40, 33}}, 8, 2, 96, 16},
+};
+const DType kDtypes[] = {DType::F16, DType::BF16, DType::F32};
+
+class CudaPrefillAttention : public testing::TestWithParam<std::tuple<PrefillCase, DType>> {
+ protected:
+  void SetUp() override { EMBER_REQUIRE_GPU(); }
+};
+
+TEST_P(CudaPrefillAttention, MatchesHostReference) {
+  const auto& [c, dt] = GetParam();
+  Backend& gpu = cuda_backend();
+  int64_t slots = 0;
+  StepMeta m = make_step(c.seqs, c.block_size, 18, &slots);
+  const int64_t T = m.query_start.back();
+  auto q = random_values(static_cast<size_t>(T) * c.Hq * c.D, dt, 19, -2.0f, 2.0f);
+  auto kc = random_values(static_cast<size_t>(slots) * c.Hk * c.D, dt, 20, -2.0f, 2.0f);
+  auto vc = random_values(static_cast<size_t>(slots) * c.Hk * c.D, dt, 21);
+  auto gq = upload(gpu, q, dt, {T, c.Hq, c.D});
+  auto gk = upload(gpu, kc, dt, {slots, c.Hk, c.D});
+  auto gv = upload(gpu, vc, dt, {slots, c.Hk, c.D});
+  const float scale = 1.0f / std::sqrt(static_cast<float>(c.D));
+  const auto want = reference(q, kc, vc, m, c.Hq, c.Hk, c.D, scale);
+
+  std::vector<float> first;
+  for (int run = 0; run < 2; ++run) {  // fresh poisoned output each time; the two runs must agree exactly
+    auto go = empty(gpu, dt, {T, c.Hq, c.D});
+    gpu.attention(gq.t, gk.t, gv.t, gpu.upload_step(m), scale, go.t);
+    auto got = download(gpu, go.t);
+    if (run == 0) {
+      const double tol = dt == DType::F32 ? 1e-4 : tolerance(dt);
+      EXPECT_LT(rel_error(got, want), tol);
+      double worst = 0.0;
+      int64_t worst_row = -1;
+      for (int64_t r = 0; r < T * c.Hq; ++r) {
+        std::vector<float> g(got.begin() + r * c.D, got.begin() + (r + 1) * c.D);
+        std::vector<float> w(want.begin() + r * c.D, want.begin() + (r + 1) * c.D);
+        double e = rel_error(g, w);
+        if (e > worst) worst = e, worst_row = r;
+      }
+      EXPECT_LT(worst, 4 * tol) << "worst (token, head) row " << worst_row / c.Hq << ", " << worst_row % c.Hq;
+      first = std::move(got);
+    } else {
+      EXPECT_TRUE(first == got) << "two runs on the same inputs differ";
+    }
+  }
+}
+
+std::string case_name(const testing::TestParamInfo<std::tuple<PrefillCase, DType>>& i) {
+  return std::get<0>(i.param).name + "_" + dtype_name(std::get<1>(i.param));
+}
+INSTANTIATE_TEST_SUITE_P(Shapes, CudaPrefillAttention, testing::Combine(testing::ValuesIn(kCases), testing::ValuesIn(kDtypes)),
+                         case_name);
+
+// ---- benchmark: Llama-3-8B attention (32 q heads, 8 kv heads, D=128, bf16, pages of 16) ----
+
+double causal_flops(int past, int chunk, int Hq, int D) {
+  double keys = 0.0;  // sum over the chunk's queries of the keys each sees
+  for (int j = 0; j < chunk; ++j) keys += past + j + 1;
+  return 4.0 * D * Hq * keys;
+}
+
+void check_cuda(cudaError_t e, const char* what) { ASSERT_EQ(e, cudaSuccess) << what << ": " << cudaGetErrorString(e); }
+
+TEST(CudaPrefillAttentionBench, DISABLED_Llama3_8B) {
+  EMBER_REQUIRE_GPU();
+  Backend& gpu = cuda_backend();
+  constexpr int Hq = 32, Hk = 8, D = 128, kBlock = 16;
+  const DType dt = DType::BF16;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(D));
+  std::printf("%-22s %12s %12s %12s %12s %8s\n", "prompt/chunk", "GFLOP", "new ms", "new TFLOP/s", "old TFLOP/s",
+              "speedup");
+  for (auto [total, chunk] : std::vector<std::pair<int, int>>{{2048, 2048}, {2048, 512}, {8192, 8192}, {8192, 512}}) {
+    // One sequence whose pages are scrambled; each chunk step sees the earlier chunks as its past.
+    int64_t slots = 0;
+    const StepMeta full = make_step({{0, total}}, kBlock, 5, &slots);
+    std::vector<StepMeta> steps;
+    for (int past = 0; past < total; past += chunk) {
+      StepMeta m = full;
+      m.query_start = {0, chunk};
+      m.seq_lens = {past + chunk};
+      m.token_ids.assign(chunk, 0);
+      m.positions.resize(chunk);
+      std::iota(m.positions.begin(), m.positions.end(), past);
+      m.slot_mapping.assign(full.slot_mapping.begin() + past, full.slot_mapping.begin() + past + chunk);
+      steps.push_back(std::move(m));
+    }
+    auto kc = upload(gpu, random_values(static_cast<size_t>(slots) * Hk * D, dt, 30, -2.0f, 2.0f), dt, {slots, Hk, D});
+    auto vc = upload(gpu, random_values(static_cast<size_t>(slots) * Hk * D, dt, 31), dt, {slots, Hk, D});
+    auto q = upload(gpu, random_values(static_cast<size_t>(chunk) * Hq * D, dt, 32, -2.0f, 2.0f), dt, {chunk, Hq, D});
+    auto out_new = empty(gpu, dt, {chunk, Hq, D});
+    auto out_old = empty(gpu, dt, {chunk, Hq, D});
+    double flops = 0.0;
+    for (int past = 0; past < total; past += chunk) flops += causal_flops(past, chunk, Hq, D);
+
+    auto run_new = [&] {
+      for (const StepMeta& m : steps) gpu.attention(q.t, kc.t, vc.t, gpu.upload_step(m), scale, out_new.t);
+      gpu.synchronize();
+    };
+    // The CUDA-core kernel, launched directly on the legacy stream with its 16-row work items.
+    std::vector<PrefillWorkItem> items;
+    for (int r = 0; r < chunk * (Hq / Hk); r += kPrefillRowsPerTile) items.push_back({0, r});
+    Buffer items_buf = gpu.allocate(items.size() * sizeof(PrefillWorkItem), "bench work items");
+    gpu.copy_to_device(items_buf.get(), items.data(), items.size() * sizeof(PrefillWorkItem));
+    auto run_old = [&] {
+      for (const StepMeta& m : steps) {
+        DeviceStep ds = gpu.upload_step(m);
+        gpu.synchronize();
+        PrefillAttentionArgs a{};
+        a.q = q.t.data;
+        a.k_cache = kc.t.data;
+        a.v_cache = vc.t.data;
+        a.out = out_old.t.data;
+        a.query_start = ds.query_start;
+        a.seq_lens = ds.seq_lens;
+        a.block_tables = ds.block_tables;
+        a.items = static_cast<const PrefillWorkItem*>(items_buf.get());
+        a.num_items = static_cast<int>(items.size());
+        a.num_heads = Hq;
+        a.num_kv_heads = Hk;
+        a.head_dim = D;
+        a.max_blocks_per_seq = ds.max_blocks_per_seq;
+        a.block_size = ds.block_size;
+        a.scale = scale;
+        check_cuda(cuda::launch_prefill_attention(a, dt, nullptr), "old prefill kernel");
+        check_cuda(cudaDeviceSynchronize(), "old prefill kernel");
+      }
+    };
+    auto time_ms = [](auto&& fn, int reps) {
+      std::vector<double> t;
+      for (int i = 0; i < reps; ++i) {
+        auto a = std::chrono::steady_clock::now();
+        fn();
+        t.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - a).count());
+      }
+      std::sort(t.begin(), t.end());
+      return t[t.size() / 2];
+    };
+    run_new();  // warm-up
+    const double new_ms = time_ms(run_new, 7);
+    run_old();
+    const double old_ms = time_ms(run_old, total > 4096 ? 1 : 3);
+    // Both kernels computed the last chunk into their outputs: they must agree.
+    const double diff = rel_error(download(gpu, out_new.t), download(gpu, out_old.t));
+    EXPECT_LT(diff, tolerance(dt));
+    char label[64];
+    std::snprintf(label, sizeof label, "%d/%d", total, chunk);
+    std::printf("%-22s %12.1f %12.3f %12.1f %12.1f %7.1fx   (new vs old rel diff %.2e)\n", label, flops / 1e9, new_ms,
+                flops / new_ms / 1e9, flops / old_ms / 1e9, old_ms / new_ms, diff);
+  }
+}
+
+}  // namespace
+}  // namespace ember::test
