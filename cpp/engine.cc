@@ -144,7 +144,8 @@ void Engine::Impl::validate_options() {
   positive(opts_.block_size, "block_size");
   positive(opts_.max_num_seqs, "max_num_seqs");
   positive(opts_.max_num_batched_tokens, "max_num_batched_tokens");
-  positive(opts_.chunk_size, "chunk_size");
+  if (opts_.chunk_size < 0) throw InvalidArgument("chunk_size must be >= 1 (or 0 for automatic), got " + std::to_string(opts_.chunk_size));
+  if (opts_.chunk_size == 0) opts_.chunk_size = opts_.devices.size() > 1 ? 512 : opts_.max_num_batched_tokens;
   if (opts_.block_size > 1024) throw InvalidArgument("block_size must be <= 1024, got " + std::to_string(opts_.block_size));
   if (opts_.max_model_len < 0) throw InvalidArgument("max_model_len must be positive");
   if (opts_.max_model_len == 0) opts_.max_model_len = std::min<int64_t>(cfg_.max_position_embeddings, 8192);

@@ -171,7 +171,7 @@ class LLM:
         kv_memory_fraction: float | None = None,
         max_num_seqs: int = 256,
         max_num_batched_tokens: int = 2048,
-        chunk_size: int = 512,
+        chunk_size: int | None = None,
         block_size: int = 16,
         layer_split: Sequence[int] | None = None,
         transport: str = "auto",
@@ -204,7 +204,7 @@ class LLM:
         opts.kv_memory_fraction = float(kv_memory_fraction or 0.0)
         opts.max_num_seqs = int(max_num_seqs)
         opts.max_num_batched_tokens = int(max_num_batched_tokens)
-        opts.chunk_size = int(chunk_size)
+        opts.chunk_size = 0 if chunk_size is None else int(chunk_size)
         opts.block_size = int(block_size)
         opts.num_threads = int(num_threads)
         opts.max_memory = _non_negative("max_memory", max_memory)
