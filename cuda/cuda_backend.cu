@@ -460,7 +460,7 @@ void CudaBackendImpl::matmul(const Tensor& x, const Tensor& w, const Tensor* bia
   if (bias && (bias->dtype != DType::F32 || bias->numel() != N))
     bad("matmul", "bias must be F32 [" + std::to_string(N) + "], got " + dtype_name(bias->dtype) + " " + shape_of(*bias));
   if (T == 0) return;
-  if (gemv_applies(x.data, w.data, T, N, K, x.dtype)) {  // decode: stream the weights, bias fused
+  if (T <= kGemvCutoffTokens && gemv_supports(x.data, w.data, T, N, K, x.dtype)) {  // decode: bias fused
     EMBER_CUDA_CHECK_OP("matmul", launch_gemv(x.data, w.data, bias ? bias->as<float>() : nullptr, out.data, T, N,
                                               K, x.dtype, stream_));
     return;

@@ -38,8 +38,9 @@ class CudaGemv : public testing::TestWithParam<DType> {
 
 std::string dt_name(const testing::TestParamInfo<DType>& i) { return dtype_name(i.param); }
 
-// Through Backend::matmul: every T up to the cut-off and one past it, odd N, K that is a multiple of
-// 8 but not of 32 (a partial last chunk), and K = 129 (the cuBLAS fallback), with and without bias.
+// Through Backend::matmul: every T up to the kernel's limit and one past it (the backend switches to
+// cuBLAS above kGemvCutoffTokens), odd N, K a multiple of 8 but not of 32 (a partial last chunk), and
+// K = 129 (always cuBLAS), with and without bias.
 TEST_P(CudaGemv, BackendMatchesHostReference) {
   struct Case { int64_t N, K; };
   uint32_t seed = 100;
@@ -100,7 +101,8 @@ TEST_P(CudaGemv, EveryShapeMatchesCublas) {
                            n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
               CUBLAS_STATUS_SUCCESS);
     auto want = to_host(ref.p, T * N, dt());
-    for (cuda::GemvShape s : {cuda::GemvShape{}, {1, 1, 4}, {1, 8, 4}, {1, 4, 2}, {2, 2, 4}, {2, 4, 2}, {2, 8, 4}}) {
+    for (cuda::GemvShape s : {cuda::GemvShape{}, {1, 1, 4}, {1, 8, 4}, {1, 16, 2}, {1, 16, 4}, {2, 2, 4}, {2, 4, 2},
+                              {2, 8, 4}}) {
       CHECK_CUDA(cudaMemset(ours.p, 0xff, Tmax * N * 2));  // NaN where nothing is written
       CHECK_CUDA(cuda::launch_gemv(x.p, w.p, nullptr, ours.p, T, N, K, dt(), nullptr, s));
       CHECK_CUDA(cudaDeviceSynchronize());
@@ -144,15 +146,19 @@ TEST(CudaGemvApplies, DeclinesWhatItCannotDo) {
   alignas(16) static const uint16_t buf[64] = {};
   const void* p = buf;
   const void* off = buf + 1;  // 2 bytes past a 16-byte boundary
-  EXPECT_TRUE(cuda::gemv_applies(p, p, 1, 1, 8, DType::BF16));
-  EXPECT_TRUE(cuda::gemv_applies(p, p, cuda::kGemvMaxTokens, 7, 4096, DType::F16));
-  EXPECT_FALSE(cuda::gemv_applies(p, p, 0, 7, 64, DType::BF16));
-  EXPECT_FALSE(cuda::gemv_applies(p, p, cuda::kGemvMaxTokens + 1, 7, 64, DType::BF16));
-  EXPECT_FALSE(cuda::gemv_applies(p, p, 1, 7, 129, DType::BF16));
-  EXPECT_FALSE(cuda::gemv_applies(p, p, 1, 7, 64, DType::F32));
-  EXPECT_FALSE(cuda::gemv_applies(off, p, 1, 7, 64, DType::BF16));
-  EXPECT_FALSE(cuda::gemv_applies(p, off, 1, 7, 64, DType::BF16));
+  EXPECT_TRUE(cuda::gemv_supports(p, p, 1, 1, 8, DType::BF16));
+  EXPECT_TRUE(cuda::gemv_supports(p, p, cuda::kGemvMaxTokens, 7, 4096, DType::F16));
+  EXPECT_FALSE(cuda::gemv_supports(p, p, 0, 7, 64, DType::BF16));
+  EXPECT_FALSE(cuda::gemv_supports(p, p, cuda::kGemvMaxTokens + 1, 7, 64, DType::BF16));
+  EXPECT_FALSE(cuda::gemv_supports(p, p, 1, 7, 129, DType::BF16));
+  EXPECT_FALSE(cuda::gemv_supports(p, p, 1, 7, 64, DType::F32));
+  EXPECT_FALSE(cuda::gemv_supports(off, p, 1, 7, 64, DType::BF16));
+  EXPECT_FALSE(cuda::gemv_supports(p, off, 1, 7, 64, DType::BF16));
   EXPECT_EQ(cuda::launch_gemv(p, p, nullptr, nullptr, 1, 7, 129, DType::BF16, nullptr), cudaErrorInvalidValue);
+  EXPECT_EQ(cuda::launch_gemv(p, p, nullptr, nullptr, 1, 7, 64, DType::BF16, nullptr, {2, 16, 4}),
+            cudaErrorInvalidValue);  // two row groups allow at most 8 warps
+  EXPECT_EQ(cuda::launch_gemv(p, p, nullptr, nullptr, 1, 7, 64, DType::BF16, nullptr, {1, 8, 3}),
+            cudaErrorInvalidValue);
 }
 
 }  // namespace
