@@ -471,6 +471,11 @@ void CudaBackendImpl::matmul(const Tensor& x, const Tensor& w, const Tensor* bia
   if (bias && (bias->dtype != DType::F32 || bias->numel() != N))
     bad("matmul", "bias must be F32 [" + std::to_string(N) + "], got " + dtype_name(bias->dtype) + " " + shape_of(*bias));
   if (T == 0) return;
+  if (T <= kGemvCutoffTokens && gemv_supports(x.data, w.data, T, N, K, x.dtype)) {  // decode: bias fused
+    EMBER_CUDA_CHECK_OP("matmul", launch_gemv(x.data, w.data, bias ? bias->as<float>() : nullptr, out.data, T, N,
+                                              K, x.dtype, stream_));
+    return;
+  }
   // Row-major out[T, N] = x[T, K] w[N, K]^T is column-major out^T[N, T] = w^T(op T) x^T.
   const float alpha = 1.0f, beta = 0.0f;
   const cudaDataType_t dt = cuda_type(x.dtype);

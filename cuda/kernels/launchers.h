@@ -50,6 +50,23 @@ cudaError_t launch_gather_rows(const void* x, const int32_t* idx, int64_t n, int
 cudaError_t launch_add_bias(void* out, const float* bias, int64_t rows, int64_t cols, DType dtype,
                             cudaStream_t stream);
 
+// ---- small-T matmul (decode) ----
+// out[T, N] = x[T, K] w[N, K]^T (+ bias[N], F32), fp32 accumulation, for the few-token case where
+// streaming the weights at memory bandwidth is all that matters. F16/BF16, 1 <= T <= kGemvMaxTokens,
+// K % 8 == 0, x and w 16-byte aligned: gemv_supports says whether a call fits; launch_gemv returns
+// cudaErrorInvalidValue for one that does not. No allocation or sync: safe inside graph capture.
+// The backend uses it up to kGemvCutoffTokens, where it beats cuBLAS on every Llama-3-8B shape.
+constexpr int64_t kGemvMaxTokens = 16;
+constexpr int64_t kGemvCutoffTokens = 8;
+struct GemvShape {  // all zero = pick from N and the SM count
+  int row_groups = 0;  // 8-row groups per block (1 or 2)
+  int warps = 0;       // warps per block splitting K (1..16 with one row group, 1..8 with two)
+  int unroll = 0;      // 32-k steps per warp with loads in flight together (2 or 4)
+};
+bool gemv_supports(const void* x, const void* w, int64_t T, int64_t N, int64_t K, DType dtype);
+cudaError_t launch_gemv(const void* x, const void* w, const float* bias, void* out, int64_t T, int64_t N, int64_t K,
+                        DType dtype, cudaStream_t stream, GemvShape shape = {});
+
 struct DecodeAttentionArgs {
   const void* q;        // [T, Hq, D], one token per sequence at query_start[s]
   const void* k_cache;  // [num_slots, Hk, D]
