@@ -143,6 +143,8 @@ void Engine::Impl::validate_options() {
   if (opts_.devices.empty()) throw InvalidArgument("devices: at least one device is needed");
   positive(opts_.block_size, "block_size");
   positive(opts_.max_num_seqs, "max_num_seqs");
+  if (opts_.max_num_batched_tokens == 0)
+    opts_.max_num_batched_tokens = (opts_.devices[0] == "cpu") ? 2048 : 8192;
   positive(opts_.max_num_batched_tokens, "max_num_batched_tokens");
   if (opts_.chunk_size < 0) throw InvalidArgument("chunk_size must be >= 1 (or 0 for automatic), got " + std::to_string(opts_.chunk_size));
   if (opts_.chunk_size == 0) opts_.chunk_size = opts_.devices.size() > 1 ? 512 : opts_.max_num_batched_tokens;

@@ -23,7 +23,7 @@ struct EngineOptions {
   double kv_memory_fraction = 0.0;          // of the GPU memory left after weights and workspace; 0 = 0.98
   int32_t block_size = 16;
   int32_t max_num_seqs = 256;
-  int32_t max_num_batched_tokens = 2048;    // token budget of one step
+  int32_t max_num_batched_tokens = 0;       // token budget of one step; 0 = 2048 on CPUs, 8192 on GPUs
   // Longest prefill chunk of one sequence in a step; 0 = the whole budget on one stage, 512 with
   // several stages (small chunks keep every stage busy while a long prompt flows through).
   int32_t chunk_size = 0;

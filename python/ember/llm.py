@@ -170,7 +170,7 @@ class LLM:
         kv_cache_tokens: int | None = None,
         kv_memory_fraction: float | None = None,
         max_num_seqs: int = 256,
-        max_num_batched_tokens: int = 2048,
+        max_num_batched_tokens: int | None = None,
         chunk_size: int | None = None,
         block_size: int = 16,
         layer_split: Sequence[int] | None = None,
@@ -203,7 +203,7 @@ class LLM:
         opts.kv_cache_tokens = _non_negative("kv_cache_tokens", kv_cache_tokens)
         opts.kv_memory_fraction = float(kv_memory_fraction or 0.0)
         opts.max_num_seqs = int(max_num_seqs)
-        opts.max_num_batched_tokens = int(max_num_batched_tokens)
+        opts.max_num_batched_tokens = int(max_num_batched_tokens or 0)
         opts.chunk_size = 0 if chunk_size is None else int(chunk_size)
         opts.block_size = int(block_size)
         opts.num_threads = int(num_threads)

@@ -74,13 +74,14 @@ def test_gpu_chunked_prefill_batching_and_graphs_agree(tiny_model, make_llm):
 @needs_gpu
 def test_gpu_preemption_frees_everything(tiny_model, make_llm):
     path = tiny_model("llama")
-    prompts = [LONG_PROMPT[i : i + 40] for i in range(8)]
+    # 8 requests of 20 + 40 tokens (4 pages each) over 6 pages: the running ones must preempt.
+    prompts = [LONG_PROMPT[i : i + 20] for i in range(8)]
     free = make_llm(path, devices=[0], gpu_memory_utilization=GPU_SHARE)
-    expected = [o.outputs[0].token_ids for o in free.generate(prompts, greedy(24))]
+    expected = [o.outputs[0].token_ids for o in free.generate(prompts, greedy(40))]
     tight = make_llm(
-        path, devices=[0], gpu_memory_utilization=GPU_SHARE, kv_cache_tokens=80, block_size=16
+        path, devices=[0], gpu_memory_utilization=GPU_SHARE, kv_cache_tokens=96, block_size=16
     )
-    got = [o.outputs[0].token_ids for o in tight.generate(prompts, greedy(24))]
+    got = [o.outputs[0].token_ids for o in tight.generate(prompts, greedy(40))]
     assert got == expected
     stats = tight.stats()
     assert stats["preemptions"] > 0
