@@ -86,6 +86,13 @@ class Engine::Impl {
   void finish(Sequence* s, FinishReason reason, const std::string& error = "");
   bool request_finish(Sequence* s, FinishReason reason, const std::string& error = "");
   void publish_stats();
+  // Batches that may be in flight at once: one per stage, plus one with several stages so that
+  // the next chunk is already queued at stage 0 when a batch leaves the last stage (the engine's
+  // round trip would otherwise leave stage 0 idle once per batch).
+  int num_slots() const {
+    const int S = static_cast<int>(opts_.devices.size());
+    return S > 1 ? S + 1 : 1;
+  }
 
   std::vector<std::unique_ptr<StageWorker>> stages_;
   std::unique_ptr<BlockManager> blocks_;
@@ -125,7 +132,7 @@ Engine::Impl::Impl(const EngineOptions& opts) : opts_(opts) {
   so.chunk_size = opts_.chunk_size;
   so.num_stages = static_cast<int32_t>(stages_.size());
   scheduler_ = std::make_unique<Scheduler>(so, blocks_.get());
-  for (int i = static_cast<int>(stages_.size()) - 1; i >= 0; --i) free_slots_.push_back(i);
+  for (int i = num_slots() - 1; i >= 0; --i) free_slots_.push_back(i);
   publish_stats();
   thread_ = std::thread([this] { loop(); });
 }
@@ -240,7 +247,7 @@ void Engine::Impl::build_stages(const ModelFiles& files) {
   for (int s = 0; s < S; ++s) {
     auto dec = std::make_unique<DecoderStage>(cfg_, std::move(weights[s]), *backends[s], max_tokens, max_logits,
                                               num_blocks_, opts_.block_size, s == 0, s == S - 1);
-    stages_.push_back(std::make_unique<StageWorker>(s, std::move(backends[s]), std::move(dec), S, max_tokens,
+    stages_.push_back(std::make_unique<StageWorker>(s, std::move(backends[s]), std::move(dec), num_slots(), max_tokens,
                                                     cfg_.hidden_size, opts_.profile_stages));
   }
   for (int s = 0; s < S; ++s) {
@@ -248,7 +255,7 @@ void Engine::Impl::build_stages(const ModelFiles& files) {
     std::unique_ptr<Transport> t;
     if (next) {
       const size_t bytes = static_cast<size_t>(max_tokens * cfg_.hidden_size) * 4;
-      t = make_stage_transport(stages_[s]->backend(), next->backend(), opts_.transport, bytes, S);
+      t = make_stage_transport(stages_[s]->backend(), next->backend(), opts_.transport, bytes, num_slots());
     }
     stages_[s]->start(next, std::move(t), [this](StageResult r) { inbox_.push(std::move(r)); });
   }
@@ -297,7 +304,7 @@ void Engine::Impl::loop() {
         submit(std::move(chunks));
       }
       publish_stats();
-      const bool idle = static_cast<int>(free_slots_.size()) == static_cast<int>(stages_.size());
+      const bool idle = static_cast<int>(free_slots_.size()) == num_slots();
       if (stopping_ && idle) break;
       std::optional<EngineMsg> msg = inbox_.pop();
       if (!msg) break;
