@@ -350,13 +350,17 @@ class CudaBackendImpl final : public CudaBackend {
  private:
   const PrefillWorkItem* prefill_items(int group);
 
-  // Split-K factor of decode attention: enough blocks to fill the GPU on long contexts.
+  // Split-K factor of decode attention: about three blocks per SM (what the kernel's shared memory
+  // allows), never less than one 128-key tile per split, and a power of two so that a growing
+  // context changes the graph key only a handful of times.
   int decode_splits(int num_seqs, int max_seq_len) const {
-    if (max_seq_len <= 512 || attn_kv_heads_ <= 0) return 1;
+    if (max_seq_len <= 128 || attn_kv_heads_ <= 0) return 1;
     const int group = attn_heads_ / attn_kv_heads_;
     const int base = std::max(1, num_seqs * attn_kv_heads_ * ((group + 3) / 4));
-    const int want = (2 * props_.multiProcessorCount + base - 1) / base;
-    return std::clamp(want, 1, std::min(32, (max_seq_len + 255) / 256));
+    const int want = std::min((3 * props_.multiProcessorCount + base - 1) / base, (max_seq_len + 127) / 128);
+    int splits = 1;
+    while (splits * 2 <= std::min(want, 64)) splits *= 2;
+    return splits;
   }
   int attn_heads_ = 0;
   int attn_kv_heads_ = 0;

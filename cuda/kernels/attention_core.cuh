@@ -33,6 +33,15 @@ struct WarpRows {
   }
 };
 
+// Dims d and d + 1 of a K row in shared memory as floats (2-byte types: one 4-byte read; p even-aligned).
+__device__ __forceinline__ float2 pair_to_f32(const float* p) { return make_float2(p[0], p[1]); }
+__device__ __forceinline__ float2 pair_to_f32(const __half* p) {
+  return __half22float2(*reinterpret_cast<const __half2*>(p));
+}
+__device__ __forceinline__ float2 pair_to_f32(const __nv_bfloat16* p) {
+  return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(p));
+}
+
 // Slot of context position t of a sequence whose block-table row is `table`.
 __device__ __forceinline__ int64_t slot_of(const int32_t* table, int block_size, int t) {
   return static_cast<int64_t>(table[t / block_size]) * block_size + t % block_size;
@@ -48,17 +57,32 @@ __device__ void load_kv_tile(const T* __restrict__ k_cache, const T* __restrict_
   const int ks = k_stride<T>(D);
   constexpr int kVec = 16 / sizeof(T);
   if (D % kVec == 0) {
-    const int vecs = D / kVec;
-    for (int idx = threadIdx.x; idx < n * vecs; idx += blockDim.x) {
-      int j = idx / vecs, c = idx % vecs;
-      int64_t base = (slot_s[j] * Hk + kvh) * D + c * kVec;
-      union { uint4 u; T e[kVec]; } kb, vb;
-      kb.u = *reinterpret_cast<const uint4*>(k_cache + base);
-      vb.u = *reinterpret_cast<const uint4*>(v_cache + base);
+    const int vecs = D / kVec, total = n * vecs;
+    // kBatch K and V vectors per thread are loaded before any is stored, so that a tile costs about
+    // one memory latency per batch rather than one per vector.
+    constexpr int kBatch = 8;
+    union Vec { uint4 u; T e[kVec]; };
+    for (int first = threadIdx.x; first < total; first += kBatch * blockDim.x) {
+      Vec kb[kBatch], vb[kBatch];
 #pragma unroll
-      for (int e = 0; e < kVec; ++e) {
-        k_s[j * ks + c * kVec + e] = kb.e[e];
-        v_s[j * D + c * kVec + e] = vb.e[e];
+      for (int b = 0; b < kBatch; ++b) {
+        const int idx = first + b * blockDim.x;
+        if (idx < total) {
+          const int j = idx / vecs, c = idx % vecs;
+          const int64_t base = (slot_s[j] * Hk + kvh) * D + c * kVec;
+          kb[b].u = *reinterpret_cast<const uint4*>(k_cache + base);
+          vb[b].u = *reinterpret_cast<const uint4*>(v_cache + base);
+        }
+      }
+#pragma unroll
+      for (int b = 0; b < kBatch; ++b) {
+        const int idx = first + b * blockDim.x;
+        if (idx < total) {
+          const int j = idx / vecs, c = idx % vecs;
+          *reinterpret_cast<uint4*>(v_s + j * D + c * kVec) = vb[b].u;
+#pragma unroll
+          for (int e = 0; e < kVec; ++e) k_s[j * ks + c * kVec + e] = kb[b].e[e];
+        }
       }
     }
   } else {
@@ -84,10 +108,22 @@ __device__ void fold_tile(const float* q_s, const T* k_s, const T* v_s, int D, i
   for (int r = 0; r < kRowsPerWarp; ++r) s[r] = 0.0f;
   if (lane < nkeys) {
     const T* krow = k_s + lane * ks;
-    for (int d = 0; d < D; ++d) {
-      float kd = to_f32(krow[d]);
+    if (D % 2 == 0) {  // two dims per shared-memory read of K and of each q row; same FMA order
+#pragma unroll 4
+      for (int d = 0; d < D; d += 2) {
+        const float2 kd = pair_to_f32(krow + d);
 #pragma unroll
-      for (int r = 0; r < kRowsPerWarp; ++r) s[r] = fmaf(q_s[r * D + d], kd, s[r]);
+        for (int r = 0; r < kRowsPerWarp; ++r) {
+          const float2 qd = *reinterpret_cast<const float2*>(q_s + r * D + d);
+          s[r] = fmaf(qd.y, kd.y, fmaf(qd.x, kd.x, s[r]));
+        }
+      }
+    } else {
+      for (int d = 0; d < D; ++d) {
+        float kd = to_f32(krow[d]);
+#pragma unroll
+        for (int r = 0; r < kRowsPerWarp; ++r) s[r] = fmaf(q_s[r * D + d], kd, s[r]);
+      }
     }
   }
   float p[kRowsPerWarp];
@@ -107,6 +143,7 @@ __device__ void fold_tile(const float* q_s, const T* k_s, const T* v_s, int D, i
 #pragma unroll
     for (int i = 0; i < kMaxDimChunks; ++i) st.acc[r][i] *= alpha;
   }
+#pragma unroll 4
   for (int j = 0; j < nkeys; ++j) {
     float pj[kRowsPerWarp];
 #pragma unroll

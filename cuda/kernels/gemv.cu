@@ -47,10 +47,12 @@ __device__ __forceinline__ void mma16816<__half>(float (&d)[4], uint32_t a0, uin
       : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
 
-// The operands of U chunks for one lane: RG weight vectors and the low/high token vectors per chunk.
+// The weight operands of U chunks for one lane (RG vectors per chunk). Only the weights ride the
+// software pipeline: x is re-read from L1/L2 when a group is multiplied, which keeps the registers
+// for more weight bytes in flight (U = 8 with one row group).
 template <int RG, int U>
 struct Fragments {
-  uint4 w[U][RG], xl[U], xh[U];
+  uint4 w[U][RG];
 };
 
 // A block owns 8*RG consecutive weight rows; its warps split K in groups of U chunks and meet in
@@ -79,20 +81,24 @@ __global__ void __launch_bounds__(kMaxWarps<RG> * 32) gemv_kernel(const S* __res
   auto load = [&](Fragments<RG, U>& f, int chunk0) {
 #pragma unroll
     for (int u = 0; u < U; ++u) {
-      const int k = (chunk0 + u) * kChunk;
 #pragma unroll
-      for (int r = 0; r < RG; ++r) f.w[u][r] = load_streamed(wrow[r] + k);
-      f.xl[u] = __ldg(reinterpret_cast<const uint4*>(xlo + k));
-      f.xh[u] = HI ? __ldg(reinterpret_cast<const uint4*>(xhi + k)) : zero;
+      for (int r = 0; r < RG; ++r) f.w[u][r] = load_streamed(wrow[r] + (chunk0 + u) * kChunk);
     }
   };
-  auto compute = [&](const Fragments<RG, U>& f) {
+  auto compute = [&](const Fragments<RG, U>& f, int chunk0) {
+    uint4 xl[U], xh[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int k = (chunk0 + u) * kChunk;
+      xl[u] = __ldg(reinterpret_cast<const uint4*>(xlo + k));
+      xh[u] = HI ? __ldg(reinterpret_cast<const uint4*>(xhi + k)) : zero;
+    }
 #pragma unroll
     for (int u = 0; u < U; ++u) {
 #pragma unroll
       for (int r = 0; r < RG; ++r) {
-        mma16816<S>(acc[r], f.xl[u].x, f.xh[u].x, f.xl[u].y, f.xh[u].y, f.w[u][r].x, f.w[u][r].y);
-        mma16816<S>(acc[r], f.xl[u].z, f.xh[u].z, f.xl[u].w, f.xh[u].w, f.w[u][r].z, f.w[u][r].w);
+        mma16816<S>(acc[r], xl[u].x, xh[u].x, xl[u].y, xh[u].y, f.w[u][r].x, f.w[u][r].y);
+        mma16816<S>(acc[r], xl[u].z, xh[u].z, xl[u].w, xh[u].w, f.w[u][r].z, f.w[u][r].w);
       }
     }
   };
@@ -105,25 +111,25 @@ __global__ void __launch_bounds__(kMaxWarps<RG> * 32) gemv_kernel(const S* __res
     load(cur, j * U);
     for (; j + nwarps < groups; j += nwarps) {
       load(next, (j + nwarps) * U);
-      compute(cur);
+      compute(cur, j * U);
       cur = next;
     }
-    compute(cur);
+    compute(cur, j * U);
   }
   // The rest of K, one chunk at a time; K % 8 == 0, so a lane's 8 elements are all in or all out.
   const int nchunks = (K + kChunk - 1) / kChunk;
   for (int c = groups * U + warp; c < nchunks; c += nwarps) {
     const int k = c * kChunk;
     const bool in = k + q * 8 < K;
-    Fragments<RG, 1> f;
+    uint4 wv[RG];
 #pragma unroll
-    for (int r = 0; r < RG; ++r) f.w[0][r] = in ? load_streamed(wrow[r] + k) : zero;
-    f.xl[0] = in ? __ldg(reinterpret_cast<const uint4*>(xlo + k)) : zero;
-    f.xh[0] = HI && in ? __ldg(reinterpret_cast<const uint4*>(xhi + k)) : zero;
+    for (int r = 0; r < RG; ++r) wv[r] = in ? load_streamed(wrow[r] + k) : zero;
+    const uint4 xl = in ? __ldg(reinterpret_cast<const uint4*>(xlo + k)) : zero;
+    const uint4 xh = HI && in ? __ldg(reinterpret_cast<const uint4*>(xhi + k)) : zero;
 #pragma unroll
     for (int r = 0; r < RG; ++r) {
-      mma16816<S>(acc[r], f.xl[0].x, f.xh[0].x, f.xl[0].y, f.xh[0].y, f.w[0][r].x, f.w[0][r].y);
-      mma16816<S>(acc[r], f.xl[0].z, f.xh[0].z, f.xl[0].w, f.xh[0].w, f.w[0][r].z, f.w[0][r].w);
+      mma16816<S>(acc[r], xl.x, xh.x, xl.y, xh.y, wv[r].x, wv[r].y);
+      mma16816<S>(acc[r], xl.z, xh.z, xl.w, xh.w, wv[r].z, wv[r].w);
     }
   }
 
@@ -171,21 +177,26 @@ cudaError_t launch_shaped(const void* x, const void* w, const float* bias, void*
   if (sh.row_groups == 2)
     return sh.unroll == 2 ? launch_typed<S, 2, 2>(x, w, bias, out, T, N, K, sh.warps, stream)
                           : launch_typed<S, 2, 4>(x, w, bias, out, T, N, K, sh.warps, stream);
+  if (sh.unroll == 8) return launch_typed<S, 1, 8>(x, w, bias, out, T, N, K, sh.warps, stream);
   return sh.unroll == 2 ? launch_typed<S, 1, 2>(x, w, bias, out, T, N, K, sh.warps, stream)
                         : launch_typed<S, 1, 4>(x, w, bias, out, T, N, K, sh.warps, stream);
 }
 
-// Measured on an H100 (tests/cuda/test_cuda_gemv_bench.cc): one row group, 8 warps and 4-chunk
-// groups are within a few percent of the best shape for every Llama-3-8B matmul; when N gives
-// fewer than two blocks per SM, 16 warps keep more loads in flight per SM.
-GemvShape auto_shape(int64_t N) {
+// Measured on an H200 (tests/cuda/test_cuda_gemv_bench.cc, Llama-3-8B shapes): below about four
+// 8-row groups per SM (o, down), one row group of 8 warps x 4-chunk groups; from there up two row
+// groups of 4 warps (qkv); for very large N at T = 1 (gate_up, lm_head), one row group with 8-chunk
+// groups keeps the most bytes in flight. Each pick is within a few percent of the best variant.
+GemvShape auto_shape(int64_t T, int64_t N) {
   int dev = 0, sms = 132;
   if (cudaGetDevice(&dev) != cudaSuccess ||
       cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess) {
     cudaGetLastError();
     sms = 132;
   }
-  return {1, (N + 7) / 8 < 2 * static_cast<int64_t>(sms) ? 16 : 8, 4};
+  const int64_t row_groups = (N + 7) / 8;
+  if (row_groups < 4 * static_cast<int64_t>(sms)) return {1, 8, 4};
+  if (T == 1 && row_groups >= 16 * static_cast<int64_t>(sms)) return {1, 8, 8};
+  return {2, 4, 4};
 }
 
 }  // namespace
@@ -198,9 +209,10 @@ bool gemv_supports(const void* x, const void* w, int64_t T, int64_t N, int64_t K
 cudaError_t launch_gemv(const void* x, const void* w, const float* bias, void* out, int64_t T, int64_t N, int64_t K,
                         DType dtype, cudaStream_t stream, GemvShape shape) {
   if (!gemv_supports(x, w, T, N, K, dtype)) return cudaErrorInvalidValue;
-  if (shape.row_groups == 0 || shape.warps == 0 || shape.unroll == 0) shape = auto_shape(N);
+  if (shape.row_groups == 0 || shape.warps == 0 || shape.unroll == 0) shape = auto_shape(T, N);
   if ((shape.row_groups != 1 && shape.row_groups != 2) || shape.warps < 1 ||
-      shape.warps > (shape.row_groups == 1 ? kMaxWarps<1> : kMaxWarps<2>) || (shape.unroll != 2 && shape.unroll != 4))
+      shape.warps > (shape.row_groups == 1 ? kMaxWarps<1> : kMaxWarps<2>) ||
+      (shape.unroll != 2 && shape.unroll != 4 && (shape.unroll != 8 || shape.row_groups != 1)))
     return cudaErrorInvalidValue;
   const int t = static_cast<int>(T), n = static_cast<int>(N), k = static_cast<int>(K);
   return dtype == DType::BF16 ? launch_shaped<__nv_bfloat16>(x, w, bias, out, t, n, k, shape, stream)

@@ -61,7 +61,7 @@ constexpr int64_t kGemvCutoffTokens = 8;
 struct GemvShape {  // all zero = pick from N and the SM count
   int row_groups = 0;  // 8-row groups per block (1 or 2)
   int warps = 0;       // warps per block splitting K (1..16 with one row group, 1..8 with two)
-  int unroll = 0;      // 32-k steps per warp with loads in flight together (2 or 4)
+  int unroll = 0;      // 32-k steps per warp with loads in flight together (2, 4; 8 with one row group)
 };
 bool gemv_supports(const void* x, const void* w, int64_t T, int64_t N, int64_t K, DType dtype);
 cudaError_t launch_gemv(const void* x, const void* w, const float* bias, void* out, int64_t T, int64_t N, int64_t K,

@@ -101,8 +101,8 @@ TEST_P(CudaGemv, EveryShapeMatchesCublas) {
                            n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
               CUBLAS_STATUS_SUCCESS);
     auto want = to_host(ref.p, T * N, dt());
-    for (cuda::GemvShape s : {cuda::GemvShape{}, {1, 1, 4}, {1, 8, 4}, {1, 16, 2}, {1, 16, 4}, {2, 2, 4}, {2, 4, 2},
-                              {2, 8, 4}}) {
+    for (cuda::GemvShape s : {cuda::GemvShape{}, {1, 1, 4}, {1, 8, 4}, {1, 16, 2}, {1, 16, 4}, {1, 3, 8}, {1, 16, 8},
+                              {2, 2, 4}, {2, 4, 2}, {2, 8, 4}}) {
       CHECK_CUDA(cudaMemset(ours.p, 0xff, Tmax * N * 2));  // NaN where nothing is written
       CHECK_CUDA(cuda::launch_gemv(x.p, w.p, nullptr, ours.p, T, N, K, dt(), nullptr, s));
       CHECK_CUDA(cudaDeviceSynchronize());
