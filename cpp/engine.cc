@@ -120,7 +120,9 @@ Engine::Impl::Impl(const EngineOptions& opts) : opts_(opts) {
   if (is_random_model(opts_.model_path)) {
     files.config = random_model_config(opts_.model_path);
   } else {
-    files = open_model(opts_.model_path);
+    ModelLoadOptions load;
+    load.keep_quantized = opts_.keep_quantized;
+    files = open_model(opts_.model_path, load);
   }
   cfg_ = files.config;
   validate_options();

@@ -183,7 +183,7 @@ class CudaBackendImpl final : public CudaBackend {
     if (w == DType::F16 || w == DType::BF16 || w == DType::F32) return w;
     throw InvalidArgument(std::string("cuda backend: no activation dtype for weights of dtype ") + dtype_name(w));
   }
-  DType weight_storage_dtype(DType src) const override { return activation_dtype(src); }
+  DType weight_storage_dtype(DType src) const override { return dtype_is_quantized(src) ? DType::BF16 : activation_dtype(src); }
 
   DeviceStep upload_step(const StepMeta& meta) override;
 

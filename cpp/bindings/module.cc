@@ -128,7 +128,8 @@ NB_MODULE(_C, m) {
       .def_rw("max_memory", &EngineOptions::max_memory)
       .def_rw("gpu_memory_utilization", &EngineOptions::gpu_memory_utilization)
       .def_rw("use_cuda_graphs", &EngineOptions::use_cuda_graphs)
-      .def_rw("profile_stages", &EngineOptions::profile_stages);
+      .def_rw("profile_stages", &EngineOptions::profile_stages)
+      .def_rw("keep_quantized", &EngineOptions::keep_quantized);
 
   nb::class_<SamplingOptions>(m, "SamplingOptions")
       .def(nb::init<>())

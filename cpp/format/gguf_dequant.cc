@@ -273,4 +273,15 @@ std::vector<float> gguf_dequantize_tensor(const GgufFile& file, const GgufTensor
   return out;
 }
 
+void dequantize_blocks(DType type, const void* src, int64_t n, float* dst) {
+  GgmlType g;
+  switch (type) {
+    case DType::Q4_0: g = GgmlType::Q4_0; break;
+    case DType::Q4_1: g = GgmlType::Q4_1; break;
+    case DType::Q8_0: g = GgmlType::Q8_0; break;
+    default: throw EngineError(std::string("dequantize_blocks: ") + dtype_name(type) + " is not a block format");
+  }
+  dequantize_ggml(static_cast<uint32_t>(g), static_cast<const uint8_t*>(src), n, dst);
+}
+
 }  // namespace ember

@@ -284,7 +284,7 @@ RopeScaling llama3_scaling_from_factors(const std::vector<float>& rf, const Mode
 }  // namespace
 
 // ---------------------------------------------------------------------------------------------
-ModelFiles open_gguf_model(const std::string& path) {
+ModelFiles open_gguf_model(const std::string& path, const ModelLoadOptions& opts) {
   auto file = std::make_shared<GgufFile>(path);
   const GgufFile& f = *file;
 
@@ -440,6 +440,24 @@ ModelFiles open_gguf_model(const std::string& path) {
         src->add_owned(std::move(w), unpermute_rows(data, rows, t.nbytes / rows, heads));
       } else if (reinterpret_cast<uintptr_t>(data) % esize != 0) {
         src->add_owned(std::move(w), std::vector<uint8_t>(data, data + t.nbytes));
+      } else {
+        w.data = data;
+        w.nbytes = t.nbytes;
+        src->add_view(std::move(w));
+      }
+      continue;
+    }
+    // Block formats a backend can read directly stay blocks: a matrix's rows are whole blocks, so
+    // the Q/K un-permutation is a copy of rows and everything else a view into the mapping.
+    const DType block = type == GgmlType::Q4_0   ? DType::Q4_0
+                        : type == GgmlType::Q4_1 ? DType::Q4_1
+                        : type == GgmlType::Q8_0 ? DType::Q8_0
+                                                 : DType::F32;
+    if (opts.keep_quantized && block != DType::F32 && t.ne.size() == 2 &&
+        t.ne[0] % dtype_block_elems(block) == 0) {
+      w.dtype = block;
+      if (permuted) {
+        src->add_owned(std::move(w), unpermute_rows(data, t.ne[1], t.nbytes / t.ne[1], heads));
       } else {
         w.data = data;
         w.nbytes = t.nbytes;

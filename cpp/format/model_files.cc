@@ -32,7 +32,10 @@ std::string read_text(const fs::path& p) {
   return ss.str();
 }
 
-bool is_weight_dtype(DType t) { return t == DType::F32 || t == DType::F16 || t == DType::BF16; }
+// Block formats only come from GGUF files, whose reader names the ggml type in its own errors.
+bool is_weight_dtype(DType t) {
+  return t == DType::F32 || t == DType::F16 || t == DType::BF16 || dtype_is_quantized(t);
+}
 
 bool holds(const WeightSource& src, const std::string& name) {
   return src.find(name) != nullptr || !unusable_dtype(src, name).empty();
@@ -99,7 +102,7 @@ void validate_weights(const ModelConfig& cfg, const WeightSource& src) {
   }
 }
 
-ModelFiles open_model(const std::string& path) {
+ModelFiles open_model(const std::string& path, const ModelLoadOptions& opts) {
   std::error_code ec;
   const fs::path p(path);
   const fs::file_status st = fs::status(p, ec);
@@ -108,7 +111,7 @@ ModelFiles open_model(const std::string& path) {
   if (fs::is_regular_file(st)) {
     if (p.extension() == ".gguf") {
 #if EMBER_HAVE_GGUF
-      ModelFiles files = open_gguf_model(path);
+      ModelFiles files = open_gguf_model(path, opts);
       validate_weights(files.config, *files.weights);
       return files;
 #else

@@ -4,8 +4,10 @@
 
 #include <cstring>
 #include <string>
+#include <vector>
 
 #include "ember/error.h"
+#include "format/gguf_dequant.h"
 
 namespace ember {
 namespace {
@@ -19,16 +21,35 @@ float load_element(const WeightInfo& w, size_t i) {
   }
 }
 
-// Appends `w` converted to `dtype` at `dst`; returns bytes written.
+// Appends `w` converted to `dtype` at `dst`; returns bytes written. Block formats are copied as
+// they are (rows of whole blocks, so concatenating tensors by rows is concatenating bytes) or
+// dequantized exactly as the GGUF reader would, then stored like any F32 tensor.
 size_t convert_into(const WeightInfo& w, DType dtype, char* dst) {
-  size_t n = 1;
-  for (int64_t d : w.shape) n *= static_cast<size_t>(d);
+  int64_t n = 1;
+  for (int64_t d : w.shape) n *= d;
+  const size_t out_bytes = dtype_nbytes(dtype, n);
   if (w.dtype == dtype) {
-    std::memcpy(dst, w.data, n * dtype_size(dtype));
-    return n * dtype_size(dtype);
+    std::memcpy(dst, w.data, out_bytes);
+    return out_bytes;
   }
-  for (size_t i = 0; i < n; ++i) {
-    float v = load_element(w, i);
+  if (dtype_is_quantized(dtype)) {
+    throw EngineError("tensor " + w.name + " in " + w.file + " is " + dtype_name(w.dtype) +
+                      "; weights cannot be stored as " + dtype_name(dtype));
+  }
+  WeightInfo src = w;
+  std::vector<float> dequantized;
+  if (dtype_is_quantized(w.dtype)) {
+    dequantized.resize(static_cast<size_t>(n));
+    dequantize_blocks(w.dtype, w.data, n, dequantized.data());
+    if (dtype == DType::F32) {
+      std::memcpy(dst, dequantized.data(), out_bytes);
+      return out_bytes;
+    }
+    src.dtype = DType::F32;
+    src.data = dequantized.data();
+  }
+  for (size_t i = 0; i < static_cast<size_t>(n); ++i) {
+    float v = load_element(src, i);
     switch (dtype) {
       case DType::F32: std::memcpy(dst + 4 * i, &v, 4); break;
       case DType::F16: { uint16_t h = f32_to_f16(v); std::memcpy(dst + 2 * i, &h, 2); break; }
@@ -36,7 +57,7 @@ size_t convert_into(const WeightInfo& w, DType dtype, char* dst) {
       default: throw EngineError("cannot store weights as " + std::string(dtype_name(dtype)));
     }
   }
-  return n * dtype_size(dtype);
+  return out_bytes;
 }
 
 class Uploader {
@@ -57,8 +78,12 @@ class Uploader {
       rows += r;
       parts.push_back(w);
     }
+    if (cols % dtype_block_elems(dtype) != 0) {
+      throw ModelFormatError("tensor " + names[0] + " has " + std::to_string(cols) + " columns, not whole " +
+                             dtype_name(dtype) + " blocks of " + std::to_string(dtype_block_elems(dtype)));
+    }
     std::vector<int64_t> shape{rows, cols};
-    size_t bytes = static_cast<size_t>(rows * cols) * dtype_size(dtype);
+    size_t bytes = dtype_nbytes(dtype, rows * cols);
     std::vector<char> host(bytes);
     size_t off = 0;
     for (const WeightInfo* w : parts) off += convert_into(*w, dtype, host.data() + off);
@@ -77,7 +102,9 @@ class Uploader {
       const WeightInfo* w = src_.find(name);
       if (!w) throw ModelFormatError("tensor " + name + " is missing");
       parts.push_back(w);
-      n += static_cast<size_t>(w->nbytes / dtype_size(w->dtype));
+      size_t numel = 1;
+      for (int64_t d : w->shape) numel *= static_cast<size_t>(d);
+      n += numel;
     }
     std::vector<char> host(n * 4);
     size_t off = 0;
@@ -101,9 +128,9 @@ class Uploader {
 size_t stage_weight_bytes(const ModelConfig& cfg, int64_t begin, int64_t end, bool first, bool last, DType matrix_dtype) {
   const int64_t H = cfg.hidden_size, F = cfg.intermediate_size, D = cfg.head_dim;
   const int64_t per_layer = (cfg.q_size() + 2 * cfg.kv_size()) * H + H * cfg.q_size() + 3 * F * H;
-  size_t bytes = static_cast<size_t>(per_layer * (end - begin)) * dtype_size(matrix_dtype);
+  size_t bytes = dtype_nbytes(matrix_dtype, per_layer * (end - begin));
   bytes += static_cast<size_t>((2 * H + 2 * D + cfg.q_size() + 2 * cfg.kv_size()) * (end - begin)) * 4;
-  const size_t vocab_matrix = static_cast<size_t>(cfg.vocab_size * H) * dtype_size(matrix_dtype);
+  const size_t vocab_matrix = dtype_nbytes(matrix_dtype, cfg.vocab_size * H);
   if (first) bytes += vocab_matrix;
   if (last && (!cfg.tie_word_embeddings || !first)) bytes += vocab_matrix;
   if (last) bytes += static_cast<size_t>(H) * 4;
@@ -122,15 +149,25 @@ StageWeights load_stage_weights(const ModelConfig& cfg, const WeightSource& src,
     return backend.weight_storage_dtype(w->dtype);
   };
   const std::string embed_name = "model.embed_tokens.weight";
-  if (first) sw.embed = up.matrix({embed_name}, mdt(embed_name));
+  const bool has_head = src.find("lm_head.weight") != nullptr;
+  const std::string head_name = cfg.tie_word_embeddings || !has_head ? embed_name : "lm_head.weight";
+  // A group of matrices stored in one block format that the backend reads directly stays blocks;
+  // anything else takes `fallback` (the tensor's own storage dtype for the embedding and LM head,
+  // the q projection's for a layer), or the backend's F32 storage where that is a block format.
+  auto group_dtype = [&](const std::vector<std::string>& names, DType fallback) {
+    const DType d = mdt(names[0]);
+    bool same = true;
+    for (const std::string& n : names) same = same && mdt(n) == d;
+    if (same && dtype_is_quantized(d)) return d;
+    return dtype_is_quantized(fallback) ? backend.weight_storage_dtype(DType::F32) : fallback;
+  };
+  auto matrix = [&](const std::vector<std::string>& names, DType fallback) {
+    return up.matrix(names, group_dtype(names, fallback));
+  };
+  if (first) sw.embed = matrix({embed_name}, mdt(embed_name));
   if (last) {
     sw.final_norm = up.vector_f32({"model.norm.weight"});
-    bool has_head = src.find("lm_head.weight") != nullptr;
-    if (cfg.tie_word_embeddings || !has_head) {
-      sw.lm_head = first ? sw.embed : up.matrix({embed_name}, mdt(embed_name));
-    } else {
-      sw.lm_head = up.matrix({"lm_head.weight"}, mdt("lm_head.weight"));
-    }
+    sw.lm_head = first && head_name == embed_name ? sw.embed : matrix({head_name}, mdt(head_name));
   }
   std::vector<float> inv = rope_inv_freq(cfg);
   Buffer inv_buf = backend.allocate(inv.size() * 4, "rope inv_freq");
@@ -144,17 +181,17 @@ StageWeights load_stage_weights(const ModelConfig& cfg, const WeightSource& src,
     const std::string q = p + "self_attn.q_proj.weight";
     const DType dt = mdt(q);
     lw.attn_norm = up.vector_f32({p + "input_layernorm.weight"});
-    lw.qkv = up.matrix({q, p + "self_attn.k_proj.weight", p + "self_attn.v_proj.weight"}, dt);
+    lw.qkv = matrix({q, p + "self_attn.k_proj.weight", p + "self_attn.v_proj.weight"}, dt);
     if (cfg.attention_bias)
       lw.qkv_bias = up.vector_f32({p + "self_attn.q_proj.bias", p + "self_attn.k_proj.bias", p + "self_attn.v_proj.bias"});
     if (cfg.qk_norm) {
       lw.q_norm = up.vector_f32({p + "self_attn.q_norm.weight"});
       lw.k_norm = up.vector_f32({p + "self_attn.k_norm.weight"});
     }
-    lw.o_proj = up.matrix({p + "self_attn.o_proj.weight"}, dt);
+    lw.o_proj = matrix({p + "self_attn.o_proj.weight"}, dt);
     lw.mlp_norm = up.vector_f32({p + "post_attention_layernorm.weight"});
-    lw.gate_up = up.matrix({p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight"}, dt);
-    lw.down = up.matrix({p + "mlp.down_proj.weight"}, dt);
+    lw.gate_up = matrix({p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight"}, dt);
+    lw.down = matrix({p + "mlp.down_proj.weight"}, dt);
     sw.layers.push_back(lw);
   }
   return sw;

@@ -32,6 +32,7 @@ struct EngineOptions {
   double gpu_memory_utilization = 0.0;      // fraction of a GPU's memory to reserve; 0 = default 0.9
   bool use_cuda_graphs = true;
   bool profile_stages = false;              // time each stage's compute and copy (adds syncs)
+  bool keep_quantized = true;               // GGUF Q4_0/Q4_1/Q8_0 stay blocks where the backend reads them
 };
 
 enum class FinishReason : uint8_t { None, Stop, Length, Abort, Error };

@@ -117,8 +117,9 @@ class GgufFile {
 std::vector<float> gguf_dequantize_tensor(const GgufFile& file, const GgufTensorInfo& t);
 
 // Opens a .gguf model (architectures llama, qwen2, qwen3): config from the metadata, weights under
-// Hugging Face names with HF shapes, quantized tensors dequantized to F32, the converter's Q/K row
+// Hugging Face names with HF shapes, quantized tensors dequantized to F32 (except, with
+// opts.keep_quantized, Q4_0 / Q4_1 / Q8_0 matrices, which stay blocks), the converter's Q/K row
 // permutation undone for llama. Validated with validate_weights().
-ModelFiles open_gguf_model(const std::string& path);
+ModelFiles open_gguf_model(const std::string& path, const ModelLoadOptions& opts = {});
 
 }  // namespace ember

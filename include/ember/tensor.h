@@ -23,16 +23,16 @@ struct Tensor {
     for (int64_t d : shape) n *= d;
     return n;
   }
-  size_t nbytes() const { return static_cast<size_t>(numel()) * dtype_size(dtype); }
+  size_t nbytes() const { return dtype_nbytes(dtype, numel()); }
   int64_t dim(int i) const { return shape.at(i < 0 ? shape.size() + i : i); }
   int ndim() const { return static_cast<int>(shape.size()); }
   template <typename T>
   T* as() const { return static_cast<T*>(data); }
-  // Rows [begin, end) of the first dimension, same storage.
+  // Rows [begin, end) of the first dimension, same storage (a block-format row is whole blocks).
   Tensor rows(int64_t begin, int64_t end) const {
     Tensor t = *this;
     int64_t row = numel() / (shape.empty() ? 1 : shape[0]);
-    t.data = static_cast<char*>(data) + begin * row * dtype_size(dtype);
+    t.data = static_cast<char*>(data) + begin * dtype_nbytes(dtype, row);
     t.shape[0] = end - begin;
     return t;
   }

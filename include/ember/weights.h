@@ -54,7 +54,14 @@ struct ModelFiles {
   std::shared_ptr<WeightSource> weights;
 };
 
+// How a model's weights are handed over.
+struct ModelLoadOptions {
+  // GGUF: keep Q4_0 / Q4_1 / Q8_0 matrices in their block format (dtypes Q4_0, Q4_1, Q8_0) for
+  // backends that read blocks directly; false dequantizes every quantized tensor to F32.
+  bool keep_quantized = false;
+};
+
 // Opens a model directory (config.json + safetensors) or a .gguf file and validates it.
-ModelFiles open_model(const std::string& path);
+ModelFiles open_model(const std::string& path, const ModelLoadOptions& opts = {});
 
 }  // namespace ember

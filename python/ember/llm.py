@@ -180,6 +180,7 @@ class LLM:
         gpu_memory_utilization: float | None = None,
         use_cuda_graphs: bool = True,
         profile_stages: bool = False,
+        quantized: bool = True,
         tokenizer: str | os.PathLike[str] | None = None,
         skip_tokenizer_init: bool = False,
     ) -> None:
@@ -211,6 +212,7 @@ class LLM:
         opts.gpu_memory_utilization = float(gpu_memory_utilization or 0.0)
         opts.use_cuda_graphs = bool(use_cuda_graphs)
         opts.profile_stages = bool(profile_stages)
+        opts.keep_quantized = bool(quantized)
         self.model_path = path
         self.tokenizer: Tokenizer | None = None
         if not skip_tokenizer_init:

@@ -166,6 +166,34 @@ TEST(GgufModel, LlamaConfigNamesAndUnpermutedQK) {
   std::remove(path.c_str());
 }
 
+// With keep_quantized the Q8_0 k_proj stays blocks: un-permuted by copying whole rows of blocks
+// for llama, a view into the file otherwise; F32 / F16 tensors are as before.
+TEST(GgufModel, KeepQuantizedKeepsQ8BlocksInHfRowOrder) {
+  for (const char* arch : {"llama", "qwen2"}) {
+    Options o;
+    o.arch = arch;
+    o.permuted = o.arch == "llama";
+    o.with_bias = o.arch == "qwen2";
+    const std::string path = write_file(std::string("quant_") + arch, model_file(o).bytes());
+    ModelLoadOptions lo;
+    lo.keep_quantized = true;
+    ModelFiles m = open_gguf_model(path, lo);
+    const WeightInfo* k = m.weights->find("model.layers.0.self_attn.k_proj.weight");
+    ASSERT_NE(k, nullptr);
+    EXPECT_EQ(k->dtype, DType::Q8_0) << arch;
+    EXPECT_EQ(k->shape, (std::vector<int64_t>{kKvHeads * kHeadDim, kHidden}));
+    EXPECT_EQ(k->nbytes, size_t{34} * kKvHeads * kHeadDim);
+    const uint8_t* kd = static_cast<const uint8_t*>(k->data);
+    for (int64_t r = 0; r < kKvHeads * kHeadDim; ++r) {
+      EXPECT_EQ(kd[r * 34 + 1], 0x3c) << arch << " row " << r;  // the block's scale moved with it
+      ASSERT_EQ(kd[r * 34 + 2 + 5], r) << arch << " row " << r;
+    }
+    EXPECT_EQ(m.weights->find("model.layers.0.self_attn.q_proj.weight")->dtype, DType::F32);
+    EXPECT_EQ(m.weights->find("model.layers.0.self_attn.v_proj.weight")->dtype, DType::F16);
+    std::remove(path.c_str());
+  }
+}
+
 TEST(GgufModel, Qwen2IsNotPermutedAndHasBias) {
   Options o;
   o.arch = "qwen2";

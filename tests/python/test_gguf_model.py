@@ -129,9 +129,9 @@ def write_pair(
     return path, hf, cfg
 
 
-def greedy(model: Path) -> tuple[list[int], np.ndarray, dict]:
+def greedy(model: Path, quantized: bool = False) -> tuple[list[int], np.ndarray, dict]:
     params = SamplingParams(max_tokens=SAMPLE_NEW_TOKENS, temperature=0.0, ignore_eos=True)
-    with LLM(str(model), skip_tokenizer_init=True, num_threads=1) as llm:
+    with LLM(str(model), skip_tokenizer_init=True, num_threads=1, quantized=quantized) as llm:
         out = llm.generate(list(SAMPLE_PROMPT_IDS), params, return_logits=True)[0]
         config = dict(llm.config)
     logits = np.stack([np.asarray(x) for x in out.outputs[0].logits])
@@ -157,6 +157,11 @@ def test_gguf_decodes_like_safetensors(
     ids_hf, logits_hf, _ = greedy(hf_dir)
     assert ids_gguf == ids_hf
     np.testing.assert_allclose(logits_gguf, logits_hf, rtol=1e-5, atol=1e-5)
+    # Q4_0/Q4_1/Q8_0 matrices kept as blocks: the CPU matmul rounds activations to 16 bits per
+    # 32-element block (relative error <= 2^-16 per element), so logits stay within 1e-3.
+    ids_q, logits_q, _ = greedy(gguf_path, quantized=True)
+    assert ids_q == ids_hf
+    np.testing.assert_allclose(logits_q, logits_hf, rtol=1e-3, atol=1e-3)
     assert conf["architecture"] == ("llama" if family == "mistral" else family)
     assert conf["num_heads"] == cfg["num_attention_heads"]
     assert conf["num_kv_heads"] == cfg["num_key_value_heads"]
@@ -216,9 +221,11 @@ def test_real_smollm2_matches_numpy_reference() -> None:
     words = ["<|im_start|>", "The", "Ġcapital", "Ġof", "ĠFrance", "Ġis"]  # Ġ: byte-level space
     prompt = [vocab[w] for w in words]
     params = SamplingParams(max_tokens=4, temperature=0.0, ignore_eos=True)
-    with LLM(str(path), skip_tokenizer_init=True) as llm:
+    with LLM(str(path), skip_tokenizer_init=True, quantized=False) as llm:
         out = llm.generate(prompt, params, return_logits=True)[0].outputs[0]
         conf = llm.config
+    with LLM(str(path), skip_tokenizer_init=True) as llm:  # Q4_1 / Q8_0 kept as blocks
+        out_q = llm.generate(prompt, params, return_logits=True)[0].outputs[0]
     assert conf["architecture"] == "llama"
     assert (conf["num_layers"], conf["num_heads"], conf["num_kv_heads"]) == (30, 9, 3)
     assert conf["vocab_size"] == 49152 and conf["tie_word_embeddings"]
@@ -226,6 +233,9 @@ def test_real_smollm2_matches_numpy_reference() -> None:
     assert list(out.token_ids) == expected
     ref_logits = ref.forward(prompt)[-1]
     assert rel_error(np.asarray(out.logits[0]), ref_logits) < 1e-4
+    # The block matmuls round activations to 16 bits per block: ~2e-4 after 30 layers.
+    assert list(out_q.token_ids) == expected
+    assert rel_error(np.asarray(out_q.logits[0]), ref_logits) < 1e-3
 
 
 def _rewrite(tmp: Path, src: Path, mutate) -> Path:

@@ -63,7 +63,8 @@ class CpuBackend final : public Backend {
   }
   void synchronize() override {}
   DType activation_dtype(DType) const override { return DType::F32; }
-  // F16 stays F16: the AVX2 path widens it with F16C as fast as BF16, at half the bytes of F32.
+  // F16 stays F16: the AVX2 path widens it with F16C as fast as BF16, at half the bytes of F32;
+  // Q4_0 / Q4_1 / Q8_0 stay blocks, which the quantized matmul reads directly.
   DType weight_storage_dtype(DType src) const override { return src; }
 
   DeviceStep upload_step(const StepMeta& meta) override {
@@ -102,7 +103,7 @@ class CpuBackend final : public Backend {
                               std::to_string(vocab) + ")");
       }
     }
-    const size_t row_bytes = static_cast<size_t>(h) * dtype_size(table.dtype);
+    const size_t row_bytes = dtype_nbytes(table.dtype, h);
     for (int64_t t = 0; t < n; ++t) {
       cpu::to_f32(static_cast<const char*>(table.data) + ids[t] * row_bytes, table.dtype,
                   out.as<float>() + t * h, h);
@@ -140,6 +141,11 @@ class CpuBackend final : public Backend {
     if (bias) {
       require_f32(*bias, "matmul", "bias");
       require(bias->numel() == n, "matmul", "bias " + dims(*bias) + " must have " + std::to_string(n) + " entries");
+    }
+    if (dtype_is_quantized(w.dtype)) {
+      cpu::matmul_quantized(isa_, x.as<float>(), rows, k, w.data, w.dtype, n,
+                            bias ? bias->as<float>() : nullptr, out.as<float>(), &act_scratch_, threads_);
+      return;
     }
     cpu::matmul(isa_, x.as<float>(), rows, k, w.data, w.dtype, n, bias ? bias->as<float>() : nullptr,
                 out.as<float>(), threads_);
@@ -301,6 +307,7 @@ class CpuBackend final : public Backend {
   int threads_;
   cpu::Isa isa_;
   StepMeta meta_;
+  std::vector<cpu::Q16Block> act_scratch_;  // activations quantized for block-format matmuls
 };
 
 }  // namespace

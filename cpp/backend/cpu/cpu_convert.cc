@@ -2,6 +2,7 @@
 // the exact scalar conversions of ember/dtype.h so every path agrees on the bits.
 #include "backend/cpu/cpu_kernels.h"
 #include "ember/error.h"
+#include "format/gguf_dequant.h"
 
 namespace ember::cpu {
 
@@ -22,6 +23,11 @@ void to_f32(const void* src, DType src_type, float* dst, int64_t n) {
       for (int64_t i = 0; i < n; ++i) dst[i] = f16_to_f32(s[i]);
       return;
     }
+    case DType::Q4_0:
+    case DType::Q4_1:
+    case DType::Q8_0:
+      dequantize_blocks(src_type, src, n, dst);  // the values a GGUF load would give
+      return;
     default: break;
   }
   throw EngineError(std::string("cpu to_f32: cannot convert from ") + dtype_name(src_type));

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "ember/dtype.h"
 
@@ -24,7 +25,30 @@ float dot(Isa isa, const float* x, const void* w, DType wt, int64_t k);
 void matmul(Isa isa, const float* x, int64_t rows, int64_t k, const void* w, DType wt,
             int64_t cols, const float* bias, float* out, int num_threads);
 
-// Converts n elements of dtype src to F32.
+// One 32-element block of an activation row quantized for the block-format matmuls: x ~ d * qs,
+// d = max|x| / 32767, qs rounded to nearest even (15 bits: the activations add no error worth
+// speaking of next to 4-bit weights); s = d * sum(qs) (for the Q4 formats' offsets).
+struct Q16Block {
+  float d;
+  float s;
+  int16_t qs[32];
+};
+
+// Quantizes rows x [rows, k] (k a multiple of 32) into rows * k / 32 blocks. A block holding a
+// non-finite value gets d = s = NaN, so the outputs of its row are NaN.
+void quantize_rows_q16(const float* x, int64_t rows, int64_t k, Q16Block* out, int num_threads);
+
+// out[t, n] = sum_k x[t, k] * w[n, k] (+ bias[n]) for w of block dtype wt (Q4_0, Q4_1, Q8_0) with
+// x quantized by quantize_rows_q16 into *scratch. Each output is, over blocks b in order,
+// acc[l] = fma(dw_b * dx_b, float(P_bl), acc[l]) in 8 lanes, where P_bl is the exact integer sum
+// of q_w * q_x over elements {2l, 2l+1, 16+2l, 17+2l} of block b; then lane_sum(acc), plus the
+// fma-accumulated offset terms m_b * s_b (Q4_0: m = -8 dw; Q4_1: m = the block minimum), plus
+// the bias. kPortable and kAvx2 agree bitwise.
+void matmul_quantized(Isa isa, const float* x, int64_t rows, int64_t k, const void* w, DType wt,
+                      int64_t cols, const float* bias, float* out, std::vector<Q16Block>* scratch,
+                      int num_threads);
+
+// Converts n elements of dtype src (element or block dtype) to F32.
 void to_f32(const void* src, DType src_type, float* dst, int64_t n);
 // Converts n F32 values to dtype dst (round to nearest even).
 void from_f32(const float* src, void* dst, DType dst_type, int64_t n);
