@@ -159,6 +159,18 @@ def _sse(payload: dict[str, Any] | str) -> str:
     return f"data: {data}\n\n"
 
 
+async def _drain(gen: Any, choices: list[Any]) -> None:
+    """Runs a non-streamed request to its end; an engine failure becomes an HTTP error."""
+    try:
+        async for _ in gen.events():
+            pass
+    finally:
+        gen.close()
+    for c in choices:
+        if c.finish_reason == "error":
+            raise _engine_error(c)
+
+
 def _engine_error(choice: Choice) -> ApiError:
     return ApiError(500, f"The engine failed on this request: {choice.error or 'unknown error'}",
                     type_="server_error", code="engine_error")
@@ -221,14 +233,7 @@ class _Handlers:
             return StreamingResponse(self._stream_completion(gen, llm, creq, rid, created,
                                                              prompt_tokens),
                                      media_type="text/event-stream")
-        try:
-            async for _ in gen.events():
-                pass
-        finally:
-            gen.close()
-        for c in choices:
-            if c.finish_reason == "error":
-                raise _engine_error(c)
+        await _drain(gen, choices)
         body = {
             "id": rid, "object": "text_completion", "created": created, "model": ctx.model_name,
             "choices": [{
@@ -350,14 +355,7 @@ class _Handlers:
             return StreamingResponse(self._stream_chat(gen, llm, creq, rid, created,
                                                        len(prompt_ids)),
                                      media_type="text/event-stream")
-        try:
-            async for _ in gen.events():
-                pass
-        finally:
-            gen.close()
-        for c in choices:
-            if c.finish_reason == "error":
-                raise _engine_error(c)
+        await _drain(gen, choices)
         body = {
             "id": rid, "object": "chat.completion", "created": created, "model": ctx.model_name,
             "choices": [{
