@@ -59,7 +59,8 @@ void DecoderStage::forward(const DeviceStep& step, Tensor x) {
 
   for (size_t li = 0; li < weights_.layers.size(); ++li) {
     const LayerWeights& L = weights_.layers[li];
-    backend_.rms_norm(x, L.attn_norm, eps, normed);
+    // The previous layer's MLP residual add is fused into this norm (add_rms_norm below).
+    if (li == 0) backend_.rms_norm(x, L.attn_norm, eps, normed);
     // One GEMM over the fused q|k|v weights, then split into contiguous q, k and v.
     Tensor qkv = ws(kQkv, {T, qs + 2 * ks});
     backend_.matmul(normed, L.qkv, L.qkv_bias.data ? &L.qkv_bias : nullptr, qkv);
@@ -83,7 +84,11 @@ void DecoderStage::forward(const DeviceStep& step, Tensor x) {
     backend_.matmul(normed, L.gate_up, nullptr, gate_up);
     backend_.silu_mul(gate_up, act);
     backend_.matmul(act, L.down, nullptr, tmp);
-    backend_.add(x, tmp);
+    if (li + 1 < weights_.layers.size()) {
+      backend_.add_rms_norm(x, tmp, weights_.layers[li + 1].attn_norm, eps, normed);
+    } else {
+      backend_.add(x, tmp);
+    }
   }
 }
 
