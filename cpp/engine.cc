@@ -400,7 +400,9 @@ void Engine::Impl::submit(std::vector<ScheduledChunk> chunks) {
       row.eos_ids = &cfg_.eos_token_ids;
       batch->sampling.push_back(row);
     }
-    prompt_tokens_ += c.sample ? c.length - 1 : c.length;
+    // Every token of a chunk is prefill work except the one token of a plain decode step.
+    const bool decode_step = c.length == 1 && !s->output.empty() && c.start + 1 == s->total_len();
+    prompt_tokens_ += decode_step ? 0 : c.length;
   }
   batch->chunks = std::move(chunks);
   ++steps_;
