@@ -284,6 +284,30 @@ class CudaBackendImpl final : public CudaBackend {
     EMBER_CUDA_CHECK_OP("slice_columns", launch_slice_columns(x.data, T, C, begin, W, out.data, x.dtype, stream_));
   }
 
+  void qkv_rope_kv_write(const Tensor& qkv, int64_t num_heads, int64_t num_kv_heads, int64_t head_dim,
+                         const int32_t* positions, const float* inv_freq, bool neox, const int32_t* slot_mapping,
+                         Tensor& q, Tensor& k_cache, Tensor& v_cache) override {
+    DeviceGuard g(device_);
+    const char* op = "qkv_rope_kv_write";
+    require_float(op, "qkv", qkv);
+    require_same(op, "qkv", qkv, "q", q);
+    require_same(op, "qkv", qkv, "k_cache", k_cache);
+    require_same(op, "qkv", qkv, "v_cache", v_cache);
+    const int64_t Hq = num_heads, Hk = num_kv_heads, D = head_dim;
+    if (Hq <= 0 || Hk <= 0 || D <= 0 || D % 2 != 0)
+      bad(op, "heads " + std::to_string(Hq) + "/" + std::to_string(Hk) + " and head dim " + std::to_string(D) +
+                  " must be positive with an even head dim");
+    const int64_t T = qkv.shape.empty() ? 0 : qkv.dim(0);
+    if (qkv.ndim() != 2 || qkv.dim(1) != (Hq + 2 * Hk) * D)
+      bad(op, "qkv " + shape_of(qkv) + " must be [T, (Hq + 2 Hk) * D] = [T, " + std::to_string((Hq + 2 * Hk) * D) + "]");
+    if (q.ndim() != 3 || q.dim(0) != T || q.dim(1) != Hq || q.dim(2) != D)
+      bad(op, "q " + shape_of(q) + " must be [T, Hq, D] for qkv " + shape_of(qkv));
+    if (k_cache.shape.empty() || k_cache.shape != v_cache.shape || k_cache.numel() != k_cache.dim(0) * Hk * D)
+      bad(op, "caches " + shape_of(k_cache) + ", " + shape_of(v_cache) + " must match with Hk * D elements per slot");
+    EMBER_CUDA_CHECK_OP(op, launch_qkv_rope_kv_write(qkv.data, positions, inv_freq, slot_mapping, q.data, k_cache.data,
+                                                     v_cache.data, T, Hq, Hk, D, neox, qkv.dtype, stream_));
+  }
+
   void gather_rows(const Tensor& x, const int32_t* idx, int64_t n, Tensor& out) override {
     DeviceGuard g(device_);
     require_float("gather_rows", "x", x);

@@ -61,22 +61,26 @@ void DecoderStage::forward(const DeviceStep& step, Tensor x) {
     const LayerWeights& L = weights_.layers[li];
     // The previous layer's MLP residual add is fused into this norm (add_rms_norm below).
     if (li == 0) backend_.rms_norm(x, L.attn_norm, eps, normed);
-    // One GEMM over the fused q|k|v weights, then split into contiguous q, k and v.
+    // One GEMM over the fused q|k|v weights, then split into q (rotated) and the rotated k and v
+    // in the cache: one fused op without q/k norm, the separate steps with it (Qwen3).
     Tensor qkv = ws(kQkv, {T, qs + 2 * ks});
     backend_.matmul(normed, L.qkv, L.qkv_bias.data ? &L.qkv_bias : nullptr, qkv);
-    backend_.slice_columns(qkv, 0, q);
-    backend_.slice_columns(qkv, qs, k);
-    backend_.slice_columns(qkv, qs + ks, v);
-    Tensor q3 = q.reshaped({T, Hq, D}), k3 = k.reshaped({T, Hk, D});
-    if (L.q_norm.data) {
+    Tensor q3 = q.reshaped({T, Hq, D});
+    if (!L.q_norm.data) {
+      backend_.qkv_rope_kv_write(qkv, Hq, Hk, D, step.positions, weights_.inv_freq.as<float>(), cfg_.rope_neox,
+                                 step.slot_mapping, q3, kv_[li].k, kv_[li].v);
+    } else {
+      backend_.slice_columns(qkv, 0, q);
+      backend_.slice_columns(qkv, qs, k);
+      backend_.slice_columns(qkv, qs + ks, v);
       Tensor qn = ws(kQn, {T * Hq, D}), kn = ws(kKn, {T * Hk, D});
       backend_.rms_norm(q.reshaped({T * Hq, D}), L.q_norm, eps, qn);
       backend_.rms_norm(k.reshaped({T * Hk, D}), L.k_norm, eps, kn);
       q3 = qn.reshaped({T, Hq, D});
-      k3 = kn.reshaped({T, Hk, D});
+      Tensor k3 = kn.reshaped({T, Hk, D});
+      backend_.rope(q3, k3, step.positions, weights_.inv_freq.as<float>(), cfg_.rope_neox);
+      backend_.kv_write(k3, v.reshaped({T, Hk, D}), step.slot_mapping, kv_[li].k, kv_[li].v);
     }
-    backend_.rope(q3, k3, step.positions, weights_.inv_freq.as<float>(), cfg_.rope_neox);
-    backend_.kv_write(k3, v.reshaped({T, Hk, D}), step.slot_mapping, kv_[li].k, kv_[li].v);
     Tensor attn3 = attn.reshaped({T, Hq, D});
     backend_.attention(q3, kv_[li].k, kv_[li].v, step, scale, attn3);
     backend_.matmul(attn, L.o_proj, nullptr, tmp);

@@ -33,6 +33,12 @@ cudaError_t launch_silu_mul(const void* x, void* out, int64_t T, int64_t F, DTyp
 cudaError_t launch_kv_write(const void* k, const void* v, const int32_t* slot_mapping, void* k_cache, void* v_cache,
                             int64_t T, int64_t row_elems, DType dtype, cudaStream_t stream);
 
+// Fused slice + rope + kv_write for qkv [T, (Hq + 2 Hk) D]: q [T, Hq, D] = rope(q columns);
+// cache[slot_mapping[t]] = rope(k columns), v columns (rows of Hk*D); negative slots are skipped.
+cudaError_t launch_qkv_rope_kv_write(const void* qkv, const int32_t* positions, const float* inv_freq,
+                                     const int32_t* slot_mapping, void* q, void* k_cache, void* v_cache, int64_t T,
+                                     int64_t Hq, int64_t Hk, int64_t D, bool neox, DType dtype, cudaStream_t stream);
+
 // x[i] = random_fill_value(seed, i, scale, offset) in x's dtype.
 cudaError_t launch_fill_random(void* x, int64_t n, uint64_t seed, float scale, float offset, DType dtype,
                                cudaStream_t stream);

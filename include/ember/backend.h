@@ -77,6 +77,13 @@ class Backend {
   // cache[slot_mapping[t]] = k[t] / v[t]; caches are [num_slots, Hk, D].
   virtual void kv_write(const Tensor& k, const Tensor& v, const int32_t* slot_mapping,
                         Tensor& k_cache, Tensor& v_cache) = 0;
+  // Fused slice + rope + kv_write for qkv [T, (Hq + 2 Hk) * D] (q | k | v columns, no q/k norm):
+  // q = rope(q columns) into q [T, Hq, D]; cache[slot_mapping[t]] = rope(k), v; negative slots skipped.
+  // Equals slice_columns x3, rope and kv_write exactly, in the same arithmetic and rounding.
+  virtual void qkv_rope_kv_write(const Tensor& qkv, int64_t num_heads, int64_t num_kv_heads,
+                                 int64_t head_dim, const int32_t* positions, const float* inv_freq,
+                                 bool neox, const int32_t* slot_mapping, Tensor& q, Tensor& k_cache,
+                                 Tensor& v_cache) = 0;
   // Causal attention of q [T, Hq, D] over each sequence's paged past plus its chunk (GQA).
   virtual void attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
                          const DeviceStep& step, float scale, Tensor& out) = 0;

@@ -248,6 +248,49 @@ class CpuBackend final : public Backend {
     }
   }
 
+  // Same steps as slice_columns + rope + kv_write (k rotated in a contiguous scratch), so the
+  // result is bitwise that of the unfused ops.
+  void qkv_rope_kv_write(const Tensor& qkv, int64_t num_heads, int64_t num_kv_heads, int64_t head_dim,
+                         const int32_t* positions, const float* inv_freq, bool neox,
+                         const int32_t* slot_mapping, Tensor& q, Tensor& k_cache, Tensor& v_cache) override {
+    const char* op = "qkv_rope_kv_write";
+    const int64_t hq = num_heads, hk = num_kv_heads, d = head_dim;
+    require(hq > 0 && hk > 0 && d > 0 && d % 2 == 0, op,
+            "heads " + std::to_string(hq) + "/" + std::to_string(hk) + " and head dim " + std::to_string(d) +
+                " must be positive with an even head dim");
+    require_f32(qkv, op, "qkv");
+    require_f32(q, op, "q");
+    const int64_t qw = hq * d, kw = hk * d, cols = qw + 2 * kw;
+    const int64_t t_count = rows_of(qkv, cols, op, "qkv");
+    require(qkv.ndim() == 2 && q.ndim() == 3 && q.dim(0) == t_count && q.dim(1) == hq && q.dim(2) == d, op,
+            "qkv " + dims(qkv) + " must be [T, (Hq + 2 Hk) D] and q " + dims(q) + " [T, Hq, D]");
+    require(k_cache.ndim() >= 2 && k_cache.shape == v_cache.shape && k_cache.dtype == v_cache.dtype, op,
+            "caches " + dims(k_cache) + " and " + dims(v_cache) + " must match");
+    const int64_t slots = k_cache.dim(0);
+    require(k_cache.numel() == slots * kw, op,
+            "caches " + dims(k_cache) + " must hold Hk * D = " + std::to_string(kw) + " elements per slot");
+    if (t_count == 0) return;
+    const float* src = qkv.as<float>();
+    float* qo = q.as<float>();
+    if (k_scratch_.size() < static_cast<size_t>(t_count * kw)) k_scratch_.resize(static_cast<size_t>(t_count * kw));
+    float* ks = k_scratch_.data();
+    for (int64_t t = 0; t < t_count; ++t) {
+      std::memcpy(qo + t * qw, src + t * cols, static_cast<size_t>(qw) * sizeof(float));
+      std::memcpy(ks + t * kw, src + t * cols + qw, static_cast<size_t>(kw) * sizeof(float));
+    }
+    cpu::rope(qo, hq, ks, hk, t_count, d, positions, inv_freq, neox, threads_);
+    for (int64_t t = 0; t < t_count; ++t) {
+      const int32_t slot = slot_mapping[t];
+      if (slot < 0) continue;  // padding
+      require(slot < slots, op,
+              "slot " + std::to_string(slot) + " of token " + std::to_string(t) + " is outside the cache of " +
+                  std::to_string(slots) + " slots");
+      const size_t off = static_cast<size_t>(slot) * kw * dtype_size(k_cache.dtype);
+      cpu::from_f32(ks + t * kw, static_cast<char*>(k_cache.data) + off, k_cache.dtype, kw);
+      cpu::from_f32(src + t * cols + qw + kw, static_cast<char*>(v_cache.data) + off, v_cache.dtype, kw);
+    }
+  }
+
   void slice_columns(const Tensor& x, int64_t begin, Tensor& out) override {
     const int64_t T = x.shape.empty() ? 0 : x.dim(0);
     const int64_t C = T ? x.numel() / T : 0, W = T ? out.numel() / T : 0;
@@ -308,6 +351,7 @@ class CpuBackend final : public Backend {
   cpu::Isa isa_;
   StepMeta meta_;
   std::vector<cpu::Q16Block> act_scratch_;  // activations quantized for block-format matmuls
+  std::vector<float> k_scratch_;  // rotated k rows of qkv_rope_kv_write before they go to the cache
 };
 
 }  // namespace
