@@ -110,6 +110,28 @@ cudaDataType_t cuda_type(DType t) {
 
 size_t align16(size_t n) { return (n + 15) / 16 * 16; }
 
+// The fields every paged-attention kernel takes (decode, prefill, tensor-core prefill); each
+// caller adds its own work decomposition.
+template <typename Args>
+Args paged_attention_args(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, Tensor& out,
+                          const DeviceStep& step, int Hq, int Hk, int D, float scale) {
+  Args a{};
+  a.q = q.data;
+  a.k_cache = k_cache.data;
+  a.v_cache = v_cache.data;
+  a.out = out.data;
+  a.query_start = step.query_start;
+  a.seq_lens = step.seq_lens;
+  a.block_tables = step.block_tables;
+  a.num_heads = Hq;
+  a.num_kv_heads = Hk;
+  a.head_dim = D;
+  a.max_blocks_per_seq = step.max_blocks_per_seq;
+  a.block_size = step.block_size;
+  a.scale = scale;
+  return a;
+}
+
 class CudaBackendImpl final : public CudaBackend {
  public:
   explicit CudaBackendImpl(const CudaBackendOptions& opts) : opts_(opts), device_(opts.device) {
@@ -561,14 +583,7 @@ void CudaBackendImpl::attention(const Tensor& q, const Tensor& k_cache, const Te
     attn_heads_ = Hq;
     attn_kv_heads_ = Hk;
     const int splits = decode_splits(step.num_seqs, step.max_seq_len);
-    DecodeAttentionArgs a{};
-    a.q = q.data;
-    a.k_cache = k_cache.data;
-    a.v_cache = v_cache.data;
-    a.out = out.data;
-    a.query_start = step.query_start;
-    a.seq_lens = step.seq_lens;
-    a.block_tables = step.block_tables;
+    auto a = paged_attention_args<DecodeAttentionArgs>(q, k_cache, v_cache, out, step, Hq, Hk, D, scale);
     if (splits > 1) {
       const size_t per = static_cast<size_t>(step.num_seqs) * Hq * splits;
       char* ws = static_cast<char*>(
@@ -577,57 +592,25 @@ void CudaBackendImpl::attention(const Tensor& q, const Tensor& k_cache, const Te
       a.part_ml = reinterpret_cast<float*>(ws + per * D * sizeof(float));
     }
     a.num_seqs = step.num_seqs;
-    a.num_heads = Hq;
-    a.num_kv_heads = Hk;
-    a.head_dim = D;
-    a.max_blocks_per_seq = step.max_blocks_per_seq;
-    a.block_size = step.block_size;
     a.num_splits = splits;
-    a.scale = scale;
     EMBER_CUDA_CHECK_OP("attention (decode)", launch_paged_attention_decode(a, q.dtype, stream_));
     return;
   }
   if (prefill_attention_mma_supported(q.dtype, D)) {
-    PrefillMmaArgs a{};
     const int group = Hq / Hk;
     int64_t tiles = 0;
     for (size_t s = 0; s + 1 < host_query_start_.size(); ++s)
       tiles += (static_cast<int64_t>(host_query_start_[s + 1] - host_query_start_[s]) * group + kPrefillMmaRows - 1) /
                kPrefillMmaRows;
-    a.q = q.data;
-    a.k_cache = k_cache.data;
-    a.v_cache = v_cache.data;
-    a.out = out.data;
-    a.query_start = step.query_start;
-    a.seq_lens = step.seq_lens;
-    a.block_tables = step.block_tables;
+    auto a = paged_attention_args<PrefillMmaArgs>(q, k_cache, v_cache, out, step, Hq, Hk, D, scale);
     a.num_seqs = step.num_seqs;
     a.num_tiles = static_cast<int>(tiles);
-    a.num_heads = Hq;
-    a.num_kv_heads = Hk;
-    a.head_dim = D;
-    a.max_blocks_per_seq = step.max_blocks_per_seq;
-    a.block_size = step.block_size;
-    a.scale = scale;
     EMBER_CUDA_CHECK_OP("attention (prefill, tensor cores)", launch_prefill_attention_mma(a, q.dtype, stream_));
     return;
   }
-  PrefillAttentionArgs a{};
+  auto a = paged_attention_args<PrefillAttentionArgs>(q, k_cache, v_cache, out, step, Hq, Hk, D, scale);
   a.items = prefill_items(Hq / Hk);
-  a.q = q.data;
-  a.k_cache = k_cache.data;
-  a.v_cache = v_cache.data;
-  a.out = out.data;
-  a.query_start = step.query_start;
-  a.seq_lens = step.seq_lens;
-  a.block_tables = step.block_tables;
   a.num_items = num_prefill_items_;
-  a.num_heads = Hq;
-  a.num_kv_heads = Hk;
-  a.head_dim = D;
-  a.max_blocks_per_seq = step.max_blocks_per_seq;
-  a.block_size = step.block_size;
-  a.scale = scale;
   EMBER_CUDA_CHECK_OP("attention (prefill)", launch_prefill_attention(a, q.dtype, stream_));
 }
 

@@ -35,14 +35,6 @@ inline Ceilings measure(const std::string& device) {
 #endif
 }
 
-inline int visible_cuda_devices() {
-#ifdef EMBER_HAVE_CUDA
-  return cuda_device_count();
-#else
-  return 0;
-#endif
-}
-
 inline nb::dict to_dict(const Ceilings& c) {
   nb::dict d;
   d["device"] = c.device;

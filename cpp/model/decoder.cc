@@ -24,8 +24,11 @@ DecoderStage::DecoderStage(const ModelConfig& cfg, StageWeights weights, Backend
   const int64_t sizes[kNumWs] = {T * H, T * (cfg.q_size() + 2 * cfg.kv_size()), T * cfg.q_size(), T * cfg.kv_size(), T * cfg.kv_size(), T * cfg.q_size(),
                                  T * cfg.kv_size(), T * cfg.q_size(), T * H, T * 2 * F, T * F,
                                  max_logits * H, max_logits * H, max_logits * cfg.vocab_size};
-  for (int i = 0; i < kNumWs; ++i)
-    workspace_.push_back(backend.allocate(static_cast<size_t>(sizes[i]) * a, "workspace"));
+  for (int i = 0; i < kNumWs; ++i) {
+    const bool logits_only = i == kRows || i == kRowsNormed || i == kLogits;
+    // Only the last stage computes logits; the others keep an empty buffer in those places.
+    workspace_.push_back(logits_only && !last_ ? Buffer() : backend.allocate(static_cast<size_t>(sizes[i]) * a, "workspace"));
+  }
   const int64_t slots = num_blocks * block_size;
   for (int64_t l = weights_.layer_begin; l < weights_.layer_end; ++l) {
     const size_t bytes = static_cast<size_t>(slots * cfg.kv_size()) * a;

@@ -46,13 +46,11 @@ std::vector<ScheduledChunk> Scheduler::schedule() {
   int64_t budget = opts_.max_num_batched_tokens;
   // Spread decodes over the stages' micro-batches so that every stage has work.
   int64_t ready = std::count_if(running_.begin(), running_.end(), [](const Sequence* s) { return s->schedulable(); });
-  int64_t in_flight = static_cast<int64_t>(running_.size()) - ready;
   int64_t seq_cap = ready;
   if (opts_.num_stages > 1 && running_.size() > 1) {
     int64_t share = (static_cast<int64_t>(running_.size()) + opts_.num_stages - 1) / opts_.num_stages;
     seq_cap = std::max<int64_t>(1, std::min(ready, share));
   }
-  (void)in_flight;
 
   auto take = [&](Sequence* s) -> bool {
     int64_t remaining = s->total_len() - s->num_scheduled;

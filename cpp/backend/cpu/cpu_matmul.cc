@@ -60,10 +60,6 @@ EMBER_AVX2 void tile_avx2(const float* x, int64_t k, const void* w, const float*
 }
 #endif
 
-// How many weight rows one register tile covers for R activation rows (keeps R*C accumulators
-// plus operands within 16 vector registers).
-template <int R>
-constexpr int tile_cols() { return R <= 2 ? 4 : 2; }
 
 template <bool Avx, int R, int C, DType WT>
 inline void tile(const float* x, int64_t k, const void* w, const float* bias, float* out, int64_t ldo) {

@@ -175,8 +175,6 @@ EMBER_AVX2 void tile_avx2(const Q16Block* x, int64_t nb, const uint8_t* w, size_
 }
 #endif
 
-template <int R>
-constexpr int tile_cols() { return R <= 2 ? 4 : 2; }
 
 template <bool Avx, int R, int C, DType WT>
 inline void tile(const Q16Block* x, int64_t nb, const uint8_t* w, size_t row_bytes, const float* bias,

@@ -18,6 +18,11 @@
 
 namespace ember::cpu {
 
+// How many weight rows one register tile of a matmul covers for R activation rows (keeps R*C
+// accumulators plus operands within 16 vector registers).
+template <int R>
+constexpr int tile_cols() { return R <= 2 ? 4 : 2; }
+
 // Scalar load of weight element i as F32.
 template <DType WT>
 inline float load_scalar(const void* w, int64_t i) {
