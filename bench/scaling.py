@@ -137,7 +137,7 @@ def run_config(cfg: Config, args: argparse.Namespace) -> ConfigResult:
     }
     if cfg.cap_gib:
         opts["max_memory"] = int(cfg.cap_gib * GIB)
-    for key in ("max_num_batched_tokens", "chunk_size"):
+    for key in ("max_num_batched_tokens", "chunk_size", "edge_chunk_size"):
         if getattr(args, key) is not None:
             opts[key] = getattr(args, key)
     print(f"== {cfg.label}", flush=True)
@@ -328,6 +328,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="sync each stage step to time compute and copy",
     )
     p.add_argument("--chunk-size", type=int, default=None)
+    p.add_argument(
+        "--edge-chunk-size",
+        type=int,
+        default=None,
+        help="first and last chunk of a prompt (0 = off; default automatic)",
+    )
     p.add_argument("--no-ceilings", action="store_true")
     p.add_argument(
         "--cpu",

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cmath>
 #include <random>
 #include <thread>
@@ -132,6 +133,7 @@ Engine::Impl::Impl(const EngineOptions& opts) : opts_(opts) {
   so.max_num_seqs = opts_.max_num_seqs;
   so.max_num_batched_tokens = opts_.max_num_batched_tokens;
   so.chunk_size = opts_.chunk_size;
+  so.edge_chunk_size = opts_.edge_chunk_size;
   so.num_stages = static_cast<int32_t>(stages_.size());
   scheduler_ = std::make_unique<Scheduler>(so, blocks_.get());
   for (int i = num_slots() - 1; i >= 0; --i) free_slots_.push_back(i);
@@ -156,7 +158,16 @@ void Engine::Impl::validate_options() {
     opts_.max_num_batched_tokens = (opts_.devices[0] == "cpu") ? 2048 : 8192;
   positive(opts_.max_num_batched_tokens, "max_num_batched_tokens");
   if (opts_.chunk_size < 0) throw InvalidArgument("chunk_size must be >= 1 (or 0 for automatic), got " + std::to_string(opts_.chunk_size));
-  if (opts_.chunk_size == 0) opts_.chunk_size = opts_.devices.size() > 1 ? 512 : opts_.max_num_batched_tokens;
+  // Pipelines: the bulk of a long prompt in chunks of kPipelineChunk, the first and last of
+  // kPipelineEdgeChunk, so that stages overlap without running at a small chunk's efficiency.
+  constexpr int32_t kPipelineChunk = 2048, kPipelineEdgeChunk = 512;
+  const bool auto_chunk = opts_.chunk_size == 0;
+  const bool pipeline = opts_.devices.size() > 1;
+  if (auto_chunk) opts_.chunk_size = pipeline ? kPipelineChunk : opts_.max_num_batched_tokens;
+  if (opts_.edge_chunk_size < -1)
+    throw InvalidArgument("edge_chunk_size must be >= 1, 0 (automatic) or -1 (off), got " +
+                          std::to_string(opts_.edge_chunk_size));
+  if (opts_.edge_chunk_size == 0) opts_.edge_chunk_size = pipeline && auto_chunk ? kPipelineEdgeChunk : -1;
   if (opts_.block_size > 1024) throw InvalidArgument("block_size must be <= 1024, got " + std::to_string(opts_.block_size));
   if (opts_.max_model_len < 0) throw InvalidArgument("max_model_len must be positive");
   if (opts_.max_model_len == 0) opts_.max_model_len = std::min<int64_t>(cfg_.max_position_embeddings, 8192);
@@ -252,6 +263,11 @@ void Engine::Impl::build_stages(const ModelFiles& files) {
     stages_.push_back(std::make_unique<StageWorker>(s, std::move(backends[s]), std::move(dec), num_slots(), max_tokens,
                                                     cfg_.hidden_size, opts_.profile_stages));
   }
+  // GPU stages: the engine and stage threads poll their inboxes for a while before sleeping, so a
+  // decode step's two thread hand-offs cost microseconds, not a wake-up each. CPU stages need
+  // every core for their own matmuls, so they sleep at once.
+  const auto hand_off_spin = std::chrono::microseconds(cpu_stages == 0 ? 20000 : 0);
+  inbox_.set_spin(hand_off_spin);
   for (int s = 0; s < S; ++s) {
     StageWorker* next = s + 1 < S ? stages_[s + 1].get() : nullptr;
     std::unique_ptr<Transport> t;
@@ -259,7 +275,7 @@ void Engine::Impl::build_stages(const ModelFiles& files) {
       const size_t bytes = static_cast<size_t>(max_tokens * cfg_.hidden_size) * 4;
       t = make_stage_transport(stages_[s]->backend(), next->backend(), opts_.transport, bytes, num_slots());
     }
-    stages_[s]->start(next, std::move(t), [this](StageResult r) { inbox_.push(std::move(r)); });
+    stages_[s]->start(next, std::move(t), [this](StageResult r) { inbox_.push(std::move(r)); }, hand_off_spin);
   }
 }
 

@@ -681,14 +681,24 @@ void CudaBackendImpl::sample(const Tensor& logits, const std::vector<SamplingRow
   char* dev = static_cast<char*>(sample_dev_.ensure(*arena_, stream_, up + down, "sampling parameters"));
   float* work = static_cast<float*>(
       sample_work_.ensure(*arena_, stream_, static_cast<size_t>(N * V) * sizeof(float), "sampling scratch"));
-  EMBER_CUDA_CHECK(cudaMemcpyAsync(dev, host, up, cudaMemcpyHostToDevice, stream_));
   char* dout = dev + up;
-  EMBER_CUDA_CHECK_OP("sample",
+  // Greedy rows with nothing to adjust (the usual decode) take the many-blocks-per-row path.
+  const bool plain_greedy = std::all_of(params.begin(), params.end(), [](const SampleRowParams& p) {
+    return (p.temperature < kGreedyTemperature || p.top_k == 1) && p.pen_begin == p.pen_end &&
+           p.ban_begin == p.ban_end && p.num_logprobs <= 0;
+  });
+  if (plain_greedy && N <= 65535) {
+    EMBER_CUDA_CHECK_OP("sample (greedy)", launch_greedy_sampling(logits.data, logits.dtype, N, V, work,
+                                                                  reinterpret_cast<SampleOutput*>(dout), stream_));
+  } else {
+    EMBER_CUDA_CHECK(cudaMemcpyAsync(dev, host, up, cudaMemcpyHostToDevice, stream_));
+    EMBER_CUDA_CHECK_OP("sample",
                       launch_sampling(logits.data, logits.dtype, N, V, reinterpret_cast<SampleRowParams*>(dev),
                                       reinterpret_cast<PenaltyEntry*>(dev + off_pen),
                                       reinterpret_cast<int32_t*>(dev + off_ban), work,
                                       reinterpret_cast<SampleOutput*>(dout), reinterpret_cast<int32_t*>(dout + off_ids),
                                       reinterpret_cast<float*>(dout + off_lps), stream_));
+  }
   EMBER_CUDA_CHECK(cudaMemcpyAsync(host + up, dout, down, cudaMemcpyDeviceToHost, stream_));
   EMBER_CUDA_CHECK(cudaStreamSynchronize(stream_));
 

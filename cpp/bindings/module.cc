@@ -124,6 +124,7 @@ NB_MODULE(_C, m) {
       .def_rw("max_num_seqs", &EngineOptions::max_num_seqs)
       .def_rw("max_num_batched_tokens", &EngineOptions::max_num_batched_tokens)
       .def_rw("chunk_size", &EngineOptions::chunk_size)
+      .def_rw("edge_chunk_size", &EngineOptions::edge_chunk_size)
       .def_rw("num_threads", &EngineOptions::num_threads)
       .def_rw("max_memory", &EngineOptions::max_memory)
       .def_rw("gpu_memory_utilization", &EngineOptions::gpu_memory_utilization)

@@ -20,7 +20,9 @@ StageWorker::StageWorker(int index, std::unique_ptr<Backend> backend, std::uniqu
 
 StageWorker::~StageWorker() { stop(); }
 
-void StageWorker::start(StageWorker* next, std::unique_ptr<Transport> to_next, ResultSink sink) {
+void StageWorker::start(StageWorker* next, std::unique_ptr<Transport> to_next, ResultSink sink,
+                        std::chrono::microseconds spin) {
+  inbox_.set_spin(spin);
   next_ = next;
   to_next_ = std::move(to_next);
   if (next_) next_->from_prev_ = to_next_.get();

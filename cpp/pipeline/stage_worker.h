@@ -3,6 +3,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <functional>
 #include <mutex>
 #include <unordered_map>
@@ -45,8 +46,10 @@ class StageWorker {
   StageWorker(const StageWorker&) = delete;
   StageWorker& operator=(const StageWorker&) = delete;
 
-  // Wires the stage to its successor (nullptr for the last stage) and starts the thread.
-  void start(StageWorker* next, std::unique_ptr<Transport> to_next, ResultSink sink);
+  // Wires the stage to its successor (nullptr for the last stage) and starts the thread, which polls
+  // its inbox for `spin` before sleeping (BlockingQueue::set_spin).
+  void start(StageWorker* next, std::unique_ptr<Transport> to_next, ResultSink sink,
+             std::chrono::microseconds spin = std::chrono::microseconds(0));
   void submit(StageResult work) { inbox_.push(std::move(work)); }
   void stop();
 

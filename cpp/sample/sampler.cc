@@ -14,8 +14,6 @@
 namespace ember {
 namespace {
 
-// Temperatures below this are treated as greedy (dividing by them would overflow the logits).
-constexpr float kGreedyTemperature = 1e-5f;
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
 template <typename T>

@@ -41,6 +41,14 @@ Sequence* Scheduler::pick_victim(const Sequence* requester, const std::vector<Sc
   return nullptr;
 }
 
+int64_t Scheduler::chunk_length(int64_t start, int64_t remaining) const {
+  const int64_t big = opts_.chunk_size, edge = opts_.edge_chunk_size;
+  if (edge <= 0 || edge >= big) return big;
+  if (start == 0 || remaining <= edge) return edge;   // first chunk; or the last one
+  if (remaining <= big + edge) return remaining - edge;  // leave a small last chunk
+  return big;
+}
+
 std::vector<ScheduledChunk> Scheduler::schedule() {
   std::vector<ScheduledChunk> batch;
   int64_t budget = opts_.max_num_batched_tokens;
@@ -54,7 +62,7 @@ std::vector<ScheduledChunk> Scheduler::schedule() {
 
   auto take = [&](Sequence* s) -> bool {
     int64_t remaining = s->total_len() - s->num_scheduled;
-    int64_t n = std::min<int64_t>({remaining, opts_.chunk_size, budget});
+    int64_t n = std::min<int64_t>({remaining, chunk_length(s->num_scheduled, remaining), budget});
     if (n <= 0) return false;
     if (!blocks_->grow(s->block_table, s->num_scheduled + n)) return false;
     ScheduledChunk c;

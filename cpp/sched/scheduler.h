@@ -17,6 +17,9 @@ struct SchedulerOptions {
   int32_t max_num_seqs = 256;
   int32_t max_num_batched_tokens = 2048;
   int32_t chunk_size = 512;
+  // When in (0, chunk_size): a prompt's first and last chunks are this long and the middle ones
+  // chunk_size, so that a pipeline fills and drains on small chunks but runs the bulk on large ones.
+  int32_t edge_chunk_size = 0;
   int32_t num_stages = 1;  // decodes are spread over this many micro-batches
 };
 
@@ -40,6 +43,9 @@ class Scheduler {
  private:
   void preempt(Sequence* victim);
   Sequence* pick_victim(const Sequence* requester, const std::vector<ScheduledChunk>& batch) const;
+  // Length of the next chunk of a sequence scheduled up to `start` with `remaining` tokens left
+  // (before the step budget is applied).
+  int64_t chunk_length(int64_t start, int64_t remaining) const;
 
   SchedulerOptions opts_;
   BlockManager* blocks_;

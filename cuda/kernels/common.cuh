@@ -8,6 +8,7 @@
 
 #include <cfloat>
 #include <cstdint>
+#include <utility>
 
 #include "ember/dtype.h"
 
@@ -59,6 +60,61 @@ __device__ __forceinline__ float block_max(float v, float* scratch) {
 }
 
 inline int ceil_div(int64_t a, int64_t b) { return static_cast<int>((a + b - 1) / b); }
+
+// Programmatic dependent launch (Hopper and later). A kernel launched by launch_chained may start
+// while the kernel before it in the stream is still finishing, so it must call pdl_wait() before
+// it reads anything that kernel wrote or writes anything it reads; work before that point (loading
+// weights) overlaps the other kernel's tail. pdl_release() lets the next chained kernel start.
+// Both are no-ops when the kernel was launched normally or on older GPUs.
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_release() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+// Whether chained launches may be used on the current device for a kernel whose code was built for
+// `binary_version` (cudaFuncAttributes::binaryVersion, 90 = sm_90): both at compute capability 9 or
+// later (older code has no pdl_wait in it), and not turned off by EMBER_NO_PDL=1.
+bool chained_launch_enabled(int binary_version);
+
+template <typename... Params, typename... Args>
+cudaError_t launch_kernel_ex(bool chained, void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem,
+                             cudaStream_t stream, Args&&... args) {
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  if (chained) {
+    cfg.attrs = attr;
+    cfg.numAttrs = 1;
+  }
+  return cudaLaunchKernelEx(&cfg, kernel, static_cast<Params>(args)...);
+}
+
+// Launches `Kernel` with programmatic stream serialization where chained_launch_enabled(); the
+// kernel's image version is looked up once per kernel.
+template <auto Kernel, typename... Args>
+cudaError_t launch_chained(dim3 grid, dim3 block, size_t smem, cudaStream_t stream, Args&&... args) {
+  static const int binary_version = [] {
+    cudaFuncAttributes fa{};
+    if (cudaFuncGetAttributes(&fa, reinterpret_cast<const void*>(Kernel)) != cudaSuccess) {
+      cudaGetLastError();
+      return 0;
+    }
+    return fa.binaryVersion;
+  }();
+  return launch_kernel_ex(chained_launch_enabled(binary_version), Kernel, grid, block, smem, stream,
+                          std::forward<Args>(args)...);
+}
 
 }  // namespace ember::cuda
 

@@ -156,5 +156,10 @@ constexpr int kMaxTopLogprobs = 32;
 cudaError_t launch_sampling(const void* logits, DType dtype, int64_t N, int64_t V, const SampleRowParams* rows,
                             const PenaltyEntry* penalties, const int32_t* bans, float* work, SampleOutput* out,
                             int32_t* top_ids, float* top_lps, cudaStream_t stream);
+// The same result as launch_sampling for rows that are greedy with no penalties, bans or top
+// logprobs, spread over many blocks per row; scratch holds greedy_sampling_scratch_bytes(N, V).
+size_t greedy_sampling_scratch_bytes(int64_t N, int64_t V);
+cudaError_t launch_greedy_sampling(const void* logits, DType dtype, int64_t N, int64_t V, void* scratch,
+                                   SampleOutput* out, cudaStream_t stream);
 
 }  // namespace ember::cuda

@@ -5,6 +5,7 @@
 #include <cfloat>
 #include <climits>
 
+#include "ember/sampling.h"
 #include "kernels/common.cuh"
 #include "kernels/launchers.h"
 
@@ -13,7 +14,6 @@ namespace {
 
 constexpr int kThreads = 1024;
 constexpr int kWarps = kThreads / 32;
-constexpr float kGreedyTemperature = 1e-5f;  // same cut-off as the reference sampler
 
 struct Shared {
   unsigned hist_u[256];

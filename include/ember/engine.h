@@ -27,6 +27,9 @@ struct EngineOptions {
   // Longest prefill chunk of one sequence in a step; 0 = the whole budget on one stage, 512 with
   // several stages (small chunks keep every stage busy while a long prompt flows through).
   int32_t chunk_size = 0;
+  // A prompt's first and last chunks when smaller than chunk_size (pipelines fill and drain on
+  // them); 0 = automatic (see validate_options), -1 = off (every chunk chunk_size).
+  int32_t edge_chunk_size = 0;
   int32_t num_threads = 0;                  // CPU backend threads per stage; 0 = all cores
   int64_t max_memory = 0;                   // bytes each GPU may use (emulates smaller cards); 0 = all
   double gpu_memory_utilization = 0.0;      // fraction of a GPU's memory to reserve; 0 = default 0.9

@@ -8,6 +8,10 @@
 
 namespace ember {
 
+// Temperatures below this are treated as greedy (dividing by them would overflow the logits); every
+// sampler (reference, CUDA) uses this one cut-off.
+constexpr float kGreedyTemperature = 1e-5f;
+
 struct SamplingOptions {
   float temperature = 1.0f;  // 0 = greedy
   int32_t top_k = -1;        // -1 or 0 = off

@@ -172,6 +172,7 @@ class LLM:
         max_num_seqs: int = 256,
         max_num_batched_tokens: int | None = None,
         chunk_size: int | None = None,
+        edge_chunk_size: int | None = None,
         block_size: int = 16,
         layer_split: Sequence[int] | None = None,
         transport: str = "auto",
@@ -206,6 +207,14 @@ class LLM:
         opts.max_num_seqs = int(max_num_seqs)
         opts.max_num_batched_tokens = int(max_num_batched_tokens or 0)
         opts.chunk_size = 0 if chunk_size is None else int(chunk_size)
+        # None = automatic; 0 = off (every chunk chunk_size); n = first and last chunks of n tokens.
+        if edge_chunk_size is not None and (
+            isinstance(edge_chunk_size, bool) or int(edge_chunk_size) < 0
+        ):
+            raise ValueError(f"edge_chunk_size must be >= 0, got {edge_chunk_size!r}")
+        opts.edge_chunk_size = (
+            0 if edge_chunk_size is None else (int(edge_chunk_size) if edge_chunk_size else -1)
+        )
         opts.block_size = int(block_size)
         opts.num_threads = int(num_threads)
         opts.max_memory = _non_negative("max_memory", max_memory)

@@ -4,6 +4,7 @@
 
 #include <deque>
 #include <memory>
+#include <numeric>
 #include <set>
 
 #include "kv/block_manager.h"
@@ -115,6 +116,33 @@ TEST(Scheduler, LongPromptIsChunked) {
   d.run(1);
   EXPECT_EQ(s->output.size(), 1u);
   EXPECT_EQ(d.batches, 4);  // the other 23 tokens in chunks of 7 (the first batch was ours)
+}
+
+// Edge chunks: a pipeline fills and drains on small chunks and runs the middle on large ones.
+TEST(Scheduler, EdgeChunksAreSmallFirstAndLast) {
+  auto o = options(4, 8192, 2048, 2);
+  o.edge_chunk_size = 512;
+  for (auto [prompt, want] : {std::pair<int, std::vector<int64_t>>{8192, {512, 2048, 2048, 2048, 1024, 512}},
+                              {3000, {512, 1976, 512}},
+                              {900, {512, 388}},
+                              {400, {400}}}) {
+    Driver d(4096, 16, o);
+    Sequence* s = d.add(prompt, 1);
+    std::vector<int64_t> got;
+    while (true) {  // chunks of one sequence may be in flight back to back, as in a pipeline
+      auto b = d.sched.schedule();
+      if (b.empty()) break;
+      d.check_batch(b);
+      ASSERT_EQ(b.size(), 1u);
+      EXPECT_EQ(b[0].start, std::accumulate(got.begin(), got.end(), int64_t{0}));
+      got.push_back(b[0].length);
+      d.inflight.push_back(b);
+    }
+    EXPECT_EQ(got, want) << "prompt " << prompt;
+    EXPECT_TRUE(d.inflight.back().back().sample);
+    d.run(8);
+    EXPECT_EQ(s->output.size(), 1u);
+  }
 }
 
 TEST(Scheduler, DecodesComeBeforeNewPrefills) {

@@ -41,7 +41,9 @@ TEST_P(CudaOps, Embedding) {
 }
 
 TEST_P(CudaOps, RmsNormAndFusedAdd) {
-  for (auto [rows, dim] : {std::pair<int64_t, int64_t>{1, 67}, {7, 67}, {33, 4096}, {3, 5120}}) {
+  // Covers the scalar path (odd dims, rows too wide) and each register-held vector count.
+  for (auto [rows, dim] : {std::pair<int64_t, int64_t>{1, 67}, {7, 67}, {33, 4096}, {3, 5120}, {1, 4096}, {2, 8192},
+                           {1, 16384}, {5, 2048}, {4, 64}}) {
     auto x = random_values(rows * dim, dt(), 3, -3.0f, 3.0f);
     auto d = random_values(rows * dim, dt(), 4);
     auto w = random_values(dim, DType::F32, 5, 0.5f, 1.5f);
@@ -105,7 +107,7 @@ TEST_P(CudaOps, Rope) {
 }
 
 TEST_P(CudaOps, SiluMulAddGather) {
-  for (auto [T, F] : {std::pair<int64_t, int64_t>{1, 11}, {13, 1000}, {64, 14336}}) {
+  for (auto [T, F] : {std::pair<int64_t, int64_t>{1, 11}, {13, 1000}, {64, 14336}, {3, 8}, {1, 14336}, {2, 36}}) {
     auto x = random_values(T * 2 * F, dt(), 12, -4.0f, 4.0f);
     auto gx = upload(gpu(), x, dt(), {T, 2 * F}), cx = upload(cpu(), x, DType::F32, {T, 2 * F});
     auto go = empty(gpu(), dt(), {T, F}), co = empty(cpu(), DType::F32, {T, F});

@@ -3,6 +3,8 @@
 // logprobs within float tolerance. Skips (with a reason) where no GPU is visible.
 #include <gtest/gtest.h>
 
+#include <cmath>
+#include <limits>
 #include <set>
 #include <string>
 
@@ -16,6 +18,7 @@ struct SampleCase {
   SamplingOptions opts;
   int64_t vocab;
   DType dtype;
+  bool plain = false;  // no banned EOS rows: greedy cases then take the many-blocks greedy path
 };
 
 void PrintTo(const SampleCase& c, std::ostream* os) { *os << c.name; }
@@ -58,7 +61,7 @@ TEST_P(CudaSampling, SameTokensAsReference) {
     rows[r].step = static_cast<uint64_t>(r) * 3;
     rows[r].prompt_tokens = &prompts[r];
     rows[r].output_tokens = &outputs[r];
-    rows[r].suppress_eos = r % 4 == 0;
+    rows[r].suppress_eos = !c.plain && r % 4 == 0;
     rows[r].eos_ids = &eos;
   }
   Backend& gpu = cuda_backend();
@@ -106,7 +109,41 @@ const SampleCase kCases[] = {
     {"min_p_f32", make(1.0f, -1, 1.0f, 0.2f), 4096, DType::F32},
     {"all_penalties_f32", make(1.0f, 50, 0.8f, 0.01f, 1.2f, 0.3f, -0.2f, 20), 7777, DType::F32},
     {"top_k_1_is_greedy", make(1.0f, 1, 1.0f, 0.0f), 999, DType::F32},
+    {"plain_greedy_bf16", make(0.0f, -1, 1.0f, 0.0f), 128256, DType::BF16, true},
+    {"plain_greedy_f32", make(0.0f, -1, 1.0f, 0.0f), 1000, DType::F32, true},
+    {"plain_top_k_1_f16", make(1.0f, 1, 1.0f, 0.0f), 151936, DType::F16, true},
 };
+
+// Rows the greedy fast path must get right: all -inf (id 0, like the reference), NaN entries
+// (skipped by the argmax), ties (lowest id), the best logit in the last partial block.
+TEST(CudaGreedySampling, EdgeRowsMatchReference) {
+  EMBER_REQUIRE_GPU();
+  const int64_t V = 9000, N = 4;
+  const float inf = std::numeric_limits<float>::infinity();
+  std::vector<float> logits(static_cast<size_t>(N * V), 0.0f);
+  for (int64_t i = 0; i < V; ++i) logits[i] = -inf;                 // row 0: all -inf
+  logits[V + 5] = std::nanf(""), logits[V + 7] = 3.0f;              // row 1: NaN and a max
+  logits[2 * V + 4100] = 2.0f, logits[2 * V + 8000] = 2.0f;         // row 2: tie across blocks
+  for (int64_t i = 0; i < V; ++i) logits[3 * V + i] = -1.0f * (i % 17);
+  logits[3 * V + V - 1] = 9.0f;                                     // row 3: best in the tail
+  SamplingOptions greedy = make(0.0f, -1, 1.0f, 0.0f);
+  std::vector<SamplingRow> rows(N);
+  for (auto& r : rows) r.opts = &greedy;
+  Backend& gpu = cuda_backend();
+  auto gl = upload(gpu, logits, DType::F32, {N, V});
+  std::vector<SampleResult> got;
+  gpu.sample(gl.t, rows, &got);
+  ASSERT_EQ(got.size(), 4u);
+  EXPECT_EQ(got[0].token, 0);
+  EXPECT_EQ(got[1].token, 7);
+  EXPECT_TRUE(std::isnan(got[1].logprob));  // the raw normaliser sums a NaN
+  EXPECT_EQ(got[2].token, 4100);
+  EXPECT_EQ(got[3].token, V - 1);
+  std::vector<float> row3(logits.begin() + 3 * V, logits.end());
+  double z = 0.0;
+  for (float v : row3) z += std::exp(static_cast<double>(v) - 9.0);
+  EXPECT_NEAR(got[3].logprob, -std::log(z), 1e-4);
+}
 
 INSTANTIATE_TEST_SUITE_P(Options, CudaSampling, testing::ValuesIn(kCases),
                          [](const testing::TestParamInfo<SampleCase>& i) { return i.param.name; });
