@@ -275,6 +275,11 @@ void Engine::Impl::build_stages(const ModelFiles& files) {
       const size_t bytes = static_cast<size_t>(max_tokens * cfg_.hidden_size) * 4;
       t = make_stage_transport(stages_[s]->backend(), next->backend(), opts_.transport, bytes, num_slots());
     }
+    if (s == 0 && S > 1) {
+      std::shared_ptr<SlotFence> fence = make_slot_fence(stages_[0]->backend(), stages_[S - 1]->backend(), num_slots());
+      stages_[0]->set_slot_fence(fence);
+      stages_[S - 1]->set_slot_fence(fence);
+    }
     stages_[s]->start(next, std::move(t), [this](StageResult r) { inbox_.push(std::move(r)); }, hand_off_spin);
   }
 }

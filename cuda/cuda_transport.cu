@@ -150,6 +150,30 @@ class PinnedHostTransport final : public CudaTransportBase {
   size_t max_bytes_ = 0;
 };
 
+class CudaSlotFence final : public SlotFence {
+ public:
+  CudaSlotFence(CudaBackend& first, CudaBackend& last, int num_slots) : first_(first), last_(last) {
+    for (int i = 0; i < num_slots; ++i) done_.push_back(make_event(last.device()));
+  }
+  ~CudaSlotFence() override {
+    for (cudaEvent_t e : done_) cudaEventDestroy(e);
+  }
+  void release(int slot) override {
+    ScopedDevice g(last_.device());
+    EMBER_CUDA_CHECK(cudaEventRecord(done_.at(slot), static_cast<cudaStream_t>(last_.native_stream())));
+  }
+  // A slot never released yet waits on an unrecorded event, which is complete.
+  void acquire(int slot) override {
+    ScopedDevice g(first_.device());
+    EMBER_CUDA_CHECK(cudaStreamWaitEvent(static_cast<cudaStream_t>(first_.native_stream()), done_.at(slot), 0));
+  }
+
+ private:
+  CudaBackend& first_;
+  CudaBackend& last_;
+  std::vector<cudaEvent_t> done_;
+};
+
 }  // namespace
 
 std::unique_ptr<Transport> make_cuda_transport(CudaBackend& from, CudaBackend& to, const std::string& mode,
@@ -163,6 +187,10 @@ std::unique_ptr<Transport> make_cuda_transport(CudaBackend& from, CudaBackend& t
                           std::to_string(to.device()) + " directly; use \"host\" or \"auto\"");
   if (can) return std::make_unique<PeerTransport>(from, to, num_slots);
   return std::make_unique<PinnedHostTransport>(from, to, max_bytes, num_slots);
+}
+
+std::unique_ptr<SlotFence> make_cuda_slot_fence(CudaBackend& first, CudaBackend& last, int num_slots) {
+  return std::make_unique<CudaSlotFence>(first, last, num_slots);
 }
 
 }  // namespace ember

@@ -66,6 +66,16 @@ std::unique_ptr<Transport> make_stage_transport(Backend& from, Backend& to, cons
   return make_host_staged_transport(from, to, max_bytes);
 }
 
+std::unique_ptr<SlotFence> make_slot_fence(Backend& first, Backend& last, int num_slots) {
+#ifdef EMBER_CUDA_FACTORY
+  auto* a = dynamic_cast<CudaBackend*>(&first);
+  auto* b = dynamic_cast<CudaBackend*>(&last);
+  if (a && b) return make_cuda_slot_fence(*a, *b, num_slots);
+#endif
+  (void)first, (void)last, (void)num_slots;
+  return nullptr;
+}
+
 size_t backend_free_bytes(Backend& backend) {
 #ifdef EMBER_CUDA_FACTORY
   if (auto* cuda = dynamic_cast<CudaBackend*>(&backend)) return cuda->reserve_remaining();

@@ -24,6 +24,9 @@ std::unique_ptr<Backend> make_backend(const DeviceSpec& dev, const EngineOptions
 // between GPUs (`mode` auto | peer | host), plain host staging otherwise.
 std::unique_ptr<Transport> make_stage_transport(Backend& from, Backend& to, const std::string& mode, size_t max_bytes,
                                                 int num_slots);
+// The fence between the last and first stages of a pipeline whose backends run asynchronously
+// (CUDA); nullptr where a stage's work is done when its call returns (CPU).
+std::unique_ptr<SlotFence> make_slot_fence(Backend& first, Backend& last, int num_slots);
 // Bytes of memory the backend can still give out (for sizing the KV pool); 0 = unknown.
 size_t backend_free_bytes(Backend& backend);
 

@@ -90,6 +90,7 @@ void StageWorker::process(StageResult& work) {
   using clock = std::chrono::steady_clock;
   const auto t0 = clock::now();
   StepBatch& b = *work.batch;
+  if (fence_ && index_ == 0) fence_->acquire(b.slot);
   DeviceStep step = backend_->upload_step(b.meta);
   if (from_prev_) from_prev_->wait_arrival(b.slot);
   Tensor x{slots_[b.slot].get(), decoder_->activation_dtype(), {step.num_tokens, hidden_}};
@@ -105,6 +106,7 @@ void StageWorker::process(StageResult& work) {
     copy = std::chrono::duration<double>(clock::now() - t1).count();
   } else {
     backend_->sample(logits, b.sampling, &work.samples);
+    if (fence_) fence_->release(b.slot);
     compute = std::chrono::duration<double>(clock::now() - t0).count();
   }
   std::lock_guard<std::mutex> lock(times_mu_);

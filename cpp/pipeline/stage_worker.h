@@ -51,6 +51,8 @@ class StageWorker {
   void start(StageWorker* next, std::unique_ptr<Transport> to_next, ResultSink sink,
              std::chrono::microseconds spin = std::chrono::microseconds(0));
   void submit(StageResult work) { inbox_.push(std::move(work)); }
+  // The first stage acquires and the last releases each batch's slot through `fence` (before start).
+  void set_slot_fence(std::shared_ptr<SlotFence> fence) { fence_ = std::move(fence); }
   void stop();
 
   Backend& backend() { return *backend_; }
@@ -93,6 +95,7 @@ class StageWorker {
   StageTimes times_;
   ResultSink sink_;
   BlockingQueue<StageResult> inbox_;
+  std::shared_ptr<SlotFence> fence_;
   std::thread thread_;
 };
 

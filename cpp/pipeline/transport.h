@@ -27,4 +27,15 @@ class Transport {
 // Device -> pinned/host staging buffer -> device, through the two backends' copy calls.
 std::unique_ptr<Transport> make_host_staged_transport(Backend& from, Backend& to, size_t max_bytes);
 
+// The engine reuses a pipeline slot once the last stage has *issued* a batch's work, which on GPUs
+// may still be running (and reading the slot's buffers on every stage). The fence orders the first
+// stage's next work on a slot after the last stage's work on it; every stage in between finished
+// with the slot before that, since each waited for the one before it.
+class SlotFence {
+ public:
+  virtual ~SlotFence() = default;
+  virtual void release(int slot) = 0;  // last stage, after issuing its work on `slot`
+  virtual void acquire(int slot) = 0;  // first stage, before issuing work that writes `slot`
+};
+
 }  // namespace ember

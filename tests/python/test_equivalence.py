@@ -88,6 +88,22 @@ def test_pipeline_stages_equal_one_stage(
     assert batch_ids == [alone[0][0] for alone in baseline["alone"]]
 
 
+@pytest.mark.parametrize("edge", [3, 0, None], ids=["edge-3", "edge-off", "edge-auto"])
+def test_edge_chunks_equal_one_stage(four_layer_model, baseline, make_llm, edge):
+    """Small first and last chunks around large middle ones (the pipeline default) change nothing."""
+    kwargs = {"chunk_size": 11} if edge is not None else {}
+    llm = make_llm(four_layer_model, devices=["cpu", "cpu"], edge_chunk_size=edge, **kwargs)
+    ids, logits = run(llm, [LONG_PROMPT], 8)
+    assert_same(ids, logits, *baseline["long"])
+
+
+def test_edge_chunk_size_is_validated(four_layer_model):
+    import ember
+
+    with pytest.raises(ValueError, match="edge_chunk_size"):
+        ember.LLM(str(four_layer_model), edge_chunk_size=-2)
+
+
 def test_batch_equals_each_alone(four_layer_model, baseline, make_llm):
     llm = make_llm(four_layer_model)
     ids, logits = run(llm, PROMPTS, 10)
