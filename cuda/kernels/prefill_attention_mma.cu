@@ -27,8 +27,7 @@ struct MmaShape {
   static constexpr int kGroupWarps = kRows / kWarpRows;
   static constexpr int kGroupThreads = 32 * kGroupWarps;
   static constexpr int kThreads = kGroupThreads * kGroups;
-  // Sixteen warps leave 128 registers a thread: Q is re-read from shared memory there.
-  static constexpr bool kQInRegs = kMT == 1 && kThreads <= 256;
+  static constexpr bool kQInRegs = kMT == 1;
   // Blocks per SM the registers must allow: 255 per thread caps at 256 threads per SM.
   template <int D>
   static constexpr int min_blocks() {
@@ -38,6 +37,7 @@ struct MmaShape {
   static_assert(kGroups == 1 || kGroups == 2, "the merge handles two groups");
   static_assert(kStages >= 2, "at least one tile loads while another is used");
   static_assert(kMT == 1 || kMT == 2, "fragments of at most two 16-row blocks fit the registers");
+  static_assert(kThreads <= 256, "more threads leave too few registers for o, the scores and Q");
   template <int D>
   static constexpr size_t smem_bytes(size_t elem) {
     const size_t q = elem * kRows * D;
@@ -485,25 +485,25 @@ cudaError_t run_mma(const PrefillMmaArgs& a, cudaStream_t stream) {
   return cudaGetLastError();
 }
 
-// The shapes the benchmark compares; launch_prefill_attention_mma picks one by the work's size.
-using Shape0 = MmaShape<1, 1, 64, 2>;  // 8 warps x 16 rows, Q in registers (the first design)
-using Shape1 = MmaShape<2, 1, 64, 2>;  // 4 warps x 32 rows, two blocks per SM
-using Shape2 = MmaShape<2, 2, 64, 2>;  // two groups of 4 warps x 32 rows
+// The shapes the benchmark compares; launch_prefill_attention_mma picks one by the number of blocks.
+// Measured on an H200 (Llama-3-8B heads, bf16, pages of 16; TFLOP/s of causal flops, kernel time),
+// prompt/chunk 2048/2048, 2048/512, 8192/8192, 8192/512:
+//   mt1 g1 k64 s2   221  162  272  229   (the previous kernel, this shape with two barriers a tile,
+//   mt2 g1 k32 s2   238  123  285  168    a division per 16-byte copy and o rescaled every tile:
+//                                         168 126 207 172)
+//   mt1 g1 k64 s3   217  160  266  226
+//   mt2 g2 k32 s3   206  149  260  215
+// 4-warp blocks need two per SM to hide latency (2048/512 and 8192/512 give 128 blocks); with 64-key
+// tiles they spill (mt2 g1 k64 s2: 219 110 262 149); 16-warp blocks (two groups of 16-row warps,
+// 128 registers) and 128-key tiles were slower everywhere.
+using Shape0 = MmaShape<1, 1, 64, 2>;
+using Shape1 = MmaShape<2, 1, 32, 2>;
+using Shape2 = MmaShape<1, 1, 64, 3>;
 using Shape3 = MmaShape<2, 2, 32, 3>;
-using Shape4 = MmaShape<1, 1, 128, 2>;
-using Shape5 = MmaShape<2, 1, 32, 2>;
-using Shape6 = MmaShape<2, 1, 32, 3>;
-using Shape7 = MmaShape<1, 1, 64, 3>;
-using Shape8 = MmaShape<1, 2, 32, 2>;
-using Shape9 = MmaShape<1, 2, 64, 2>;
-constexpr const char* kShapeNames[] = {"mt1 g1 k64 s2", "mt2 g1 k64 s2", "mt2 g2 k64 s2", "mt2 g2 k32 s3",
-                                       "mt1 g1 k128 s2", "mt2 g1 k32 s2", "mt2 g1 k32 s3", "mt1 g1 k64 s3",
-                                       "mt1 g2 k32 s2", "mt1 g2 k64 s2"};
+constexpr const char* kShapeNames[] = {"mt1 g1 k64 s2", "mt2 g1 k32 s2", "mt1 g1 k64 s3", "mt2 g2 k32 s3"};
 constexpr int kNumShapes = sizeof(kShapeNames) / sizeof(kShapeNames[0]);
-// Enough blocks for two per SM: 4-warp blocks of 32 rows a warp, 32-key tiles (fewer registers than
-// 64-key ones, which spill), two blocks per SM. Fewer blocks (a 512-token chunk over a long past
-// gives 128 with Llama-3-8B's 8 kv heads): 8-warp blocks of 16 rows a warp, one per SM.
-constexpr int kShapeManyBlocks = 5, kShapeFewBlocks = 0;
+// At least two blocks per SM: the 4-warp blocks, two per SM. Fewer: the 8-warp blocks, one per SM.
+constexpr int kShapeManyBlocks = 1, kShapeFewBlocks = 0;
 
 template <typename T, int D>
 cudaError_t run_shape(const PrefillMmaArgs& a, int shape, cudaStream_t stream) {
@@ -512,12 +512,6 @@ cudaError_t run_shape(const PrefillMmaArgs& a, int shape, cudaStream_t stream) {
     case 1: return run_mma<T, D, Shape1>(a, stream);
     case 2: return run_mma<T, D, Shape2>(a, stream);
     case 3: return run_mma<T, D, Shape3>(a, stream);
-    case 4: return run_mma<T, D, Shape4>(a, stream);
-    case 5: return run_mma<T, D, Shape5>(a, stream);
-    case 6: return run_mma<T, D, Shape6>(a, stream);
-    case 7: return run_mma<T, D, Shape7>(a, stream);
-    case 8: return run_mma<T, D, Shape8>(a, stream);
-    case 9: return run_mma<T, D, Shape9>(a, stream);
     default: return cudaErrorInvalidValue;
   }
 }

@@ -14,11 +14,6 @@
 #include "cuda_test_util.h"
 #include "kernels/launchers.h"
 
-namespace ember::cuda {
-// TEMPORARY: the kernel as it was on main, for the shape benchmark.
-cudaError_t launch_prefill_attention_mma_old(const PrefillMmaArgs& args, DType dtype, cudaStream_t stream);
-}  // namespace ember::cuda
-
 namespace ember::test {
 namespace {
 
@@ -227,18 +222,16 @@ TEST(CudaPrefillAttentionShapes, EveryShapeMatchesHostReference) {
       const auto want = reference(q, kc, vc, m, c.Hq, c.Hk, c.D, scale);
       const DeviceStep ds = gpu.upload_step(m);
       gpu.synchronize();
-      for (int shape = -2; shape < cuda::prefill_attention_mma_shapes(); ++shape) {
-        if (shape == -1) continue;
+      for (int shape = 0; shape < cuda::prefill_attention_mma_shapes(); ++shape) {
         auto go = empty(gpu, dt, {T, c.Hq, c.D});
         gpu.synchronize();
         const PrefillMmaArgs a = mma_args(gq.t, gk.t, gv.t, go.t, ds, m, c.Hq, c.Hk, c.D, scale);
-        const cudaError_t err = shape == -2 ? cuda::launch_prefill_attention_mma_old(a, dt, nullptr)
-                                            : cuda::launch_prefill_attention_mma_shape(a, dt, shape, nullptr);
+        const cudaError_t err = cuda::launch_prefill_attention_mma_shape(a, dt, shape, nullptr);
         ASSERT_EQ(err, cudaSuccess) << cudaGetErrorString(err);
         ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
         const double err_rel = rel_error(download(gpu, go.t), want);
         EXPECT_LT(err_rel, tolerance(dt)) << c.name << " " << dtype_name(dt) << " shape "
-                                          << (shape == -2 ? "old" : cuda::prefill_attention_mma_shape_name(shape));
+                                          << cuda::prefill_attention_mma_shape_name(shape);
       }
     }
   }
@@ -357,7 +350,7 @@ TEST(CudaPrefillAttentionBench, DISABLED_Llama3_8B_Shapes) {
   const DType dt = DType::BF16;
   const float scale = 1.0f / std::sqrt(static_cast<float>(D));
   const int n = cuda::prefill_attention_mma_shapes();
-  std::printf("TFLOP/s by kernel shape (kernel time only)\n%-12s %8s %8s", "prompt/chunk", "old", "auto");
+  std::printf("TFLOP/s by kernel shape (kernel time only)\n%-12s %8s", "prompt/chunk", "auto");
   for (int i = 0; i < n; ++i) std::printf(" %14s", cuda::prefill_attention_mma_shape_name(i));
   std::printf("\n");
   cudaEvent_t e0, e1;
@@ -372,16 +365,14 @@ TEST(CudaPrefillAttentionBench, DISABLED_Llama3_8B_Shapes) {
     auto out = empty(gpu, dt, {chunk, Hq, D});
     double flops = 0.0;
     for (int past = 0; past < total; past += chunk) flops += causal_flops(past, chunk, Hq, D);
-    std::vector<double> ms(n + 2, 0.0);  // [0]: old, [1]: the launcher's choice
+    std::vector<double> ms(n + 1, 0.0);  // [0]: the launcher's choice
     for (const StepMeta& m : steps) {
       const DeviceStep ds = gpu.upload_step(m);
       gpu.synchronize();
       const PrefillMmaArgs a = mma_args(q.t, kc.t, vc.t, out.t, ds, m, Hq, Hk, D, scale);
-      for (int shape = -2; shape < n; ++shape) {
+      for (int shape = -1; shape < n; ++shape) {
         auto launch = [&] {
-          check_cuda(shape == -2 ? cuda::launch_prefill_attention_mma_old(a, dt, nullptr)
-                                 : cuda::launch_prefill_attention_mma_shape(a, dt, shape, nullptr),
-                     "prefill mma");
+          check_cuda(cuda::launch_prefill_attention_mma_shape(a, dt, shape, nullptr), "prefill mma");
         };
         launch();
         std::vector<float> t;
@@ -395,15 +386,15 @@ TEST(CudaPrefillAttentionBench, DISABLED_Llama3_8B_Shapes) {
           t.push_back(x);
         }
         std::sort(t.begin(), t.end());
-        ms[shape + 2] += t[t.size() / 2];
+        ms[shape + 1] += t[t.size() / 2];
       }
     }
     char label[64];
     std::snprintf(label, sizeof label, "%d/%d", total, chunk);
     std::printf("%-12s", label);
-    for (int i = 0; i < n + 2; ++i) std::printf(i < 2 ? " %8.1f" : " %14.1f", flops / ms[i] / 1e9);
-    std::printf("   (ms: old %.3f", ms[0]);
-    for (int i = 1; i < n + 2; ++i) std::printf(", %.3f", ms[i]);
+    for (int i = 0; i <= n; ++i) std::printf(i == 0 ? " %8.1f" : " %14.1f", flops / ms[i] / 1e9);
+    std::printf("   (ms: auto %.3f", ms[0]);
+    for (int i = 1; i <= n; ++i) std::printf(", %.3f", ms[i]);
     std::printf(")\n");
   }
   cudaEventDestroy(e0);
