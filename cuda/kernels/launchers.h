@@ -125,6 +125,11 @@ struct PrefillMmaArgs {
   float scale;
 };
 cudaError_t launch_prefill_attention_mma(const PrefillMmaArgs& args, DType dtype, cudaStream_t stream);
+// For the tests and the benchmark: the kernel shapes compiled in; shape -1 is the one
+// launch_prefill_attention_mma picks.
+int prefill_attention_mma_shapes();
+const char* prefill_attention_mma_shape_name(int shape);
+cudaError_t launch_prefill_attention_mma_shape(const PrefillMmaArgs& args, DType dtype, int shape, cudaStream_t stream);
 
 // ---- sampling ----
 struct SampleRowParams {

@@ -1,8 +1,10 @@
 // Causal prefill attention on the tensor cores (mma.sync m16n8k16, F16/BF16, head_dim 64/128): the
 // CUDA-core kernel in prefill_attention.cu runs at a few percent of the chip, which made long
-// prompts attention-bound. One block = 128 (query, head-in-group) rows of one kv head, 8 warps of
-// 16 rows; 64-key K/V tiles are gathered page by page from the paged cache with cp.async, two
-// stages deep, and folded in with an fp32 online softmax. Tiles wholly above the diagonal are skipped.
+// prompts attention-bound. One block = kPrefillMmaRows (query, head-in-group) rows of one kv head.
+// Its warps form one or two groups; each group covers all the rows, 16 or 32 per warp, and takes
+// every other K/V tile, gathered page by page from the paged cache with cp.async into its own
+// stages and folded in with an fp32 online softmax; two groups' partial results are merged at the end.
+// Several block shapes are compiled; the launcher picks one by the number of blocks.
 #include "kernels/common.cuh"
 #include "kernels/launchers.h"
 
@@ -10,17 +12,41 @@ namespace ember::cuda {
 namespace {
 
 constexpr int kRows = kPrefillMmaRows;
-// 16-row mma blocks per warp. Two halve the shared-memory reads of K and V per flop (each fragment
-// feeds two mmas) but leave no registers for Q, which is then re-read from shared memory, and make
-// 4-warp blocks. Measured on an H100 (Llama-3-8B heads, bf16): two won on one-chunk prompts (182 vs
-// 163 TFLOP/s at 2048 tokens) but lost on 512-token chunks (92 vs 119), too few blocks to fill the chip.
-constexpr int kMT = 1;
-constexpr bool kQInRegs = kMT == 1;
-constexpr int kWarpRows = 16 * kMT;
-constexpr int kWarps = kRows / kWarpRows;
-constexpr int kThreads = kWarps * 32;
-constexpr int kKeys = 64;  // keys per K/V tile
-static_assert(kRows % kWarpRows == 0 && kKeys % 16 == 0, "whole 16-row mma blocks per warp; 16-key mma steps");
+// Slack of the running max, in log2 units: probabilities reach 2^8 at most, which F16 holds.
+constexpr float kLazyMax = 8.0f;
+
+// One kernel shape. kMT: 16-row mma blocks per warp. One keeps Q in registers; two halve the
+// shared-memory reads of K and V per flop (each fragment feeds two mmas) but need Q re-read from
+// shared memory. kGroups: warp groups splitting the keys of a block, so that few blocks (a short
+// chunk over a long past) still give each SM eight warps. kKeys: keys per K/V tile. kStages: tiles
+// in flight per group.
+template <int kMT_, int kGroups_, int kKeys_, int kStages_>
+struct MmaShape {
+  static constexpr int kMT = kMT_, kGroups = kGroups_, kKeys = kKeys_, kStages = kStages_;
+  static constexpr int kWarpRows = 16 * kMT;
+  static constexpr int kGroupWarps = kRows / kWarpRows;
+  static constexpr int kGroupThreads = 32 * kGroupWarps;
+  static constexpr int kThreads = kGroupThreads * kGroups;
+  static constexpr bool kQInRegs = kMT == 1;
+  // Blocks per SM the registers must allow: 255 per thread caps at 256 threads per SM.
+  template <int D>
+  static constexpr int min_blocks() {
+    return kThreads <= 128 || (kThreads == 256 && kMT == 1 && kKeys <= 64 && D <= 64) ? 2 : 1;
+  }
+  static_assert(kRows % kWarpRows == 0 && kKeys % 16 == 0, "whole 16-row mma blocks per warp; 16-key mma steps");
+  static_assert(kGroups == 1 || kGroups == 2, "the merge handles two groups");
+  static_assert(kStages >= 2, "at least one tile loads while another is used");
+  static_assert(kMT == 1 || kMT == 2, "fragments of at most two 16-row blocks fit the registers");
+  static_assert(kThreads <= 256, "more threads leave too few registers for o, the scores and Q");
+  template <int D>
+  static constexpr size_t smem_bytes(size_t elem) {
+    const size_t q = elem * kRows * D;
+    const size_t kv = elem * kGroups * kStages * 2 * kKeys * D;
+    // Group 1's o and (m, l) for the merge, in the K/V stages.
+    const size_t merge = kGroups > 1 ? sizeof(float) * (kRows * D + 4 * kMT * kGroupThreads) : 0;
+    return q + (kv > merge ? kv : merge);
+  }
+};
 
 __device__ __forceinline__ uint32_t smem_addr(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
@@ -34,6 +60,22 @@ __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commi
 template <int N>
 __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+// Barrier over one warp group (named barrier 1 + group); the whole block when there is one group.
+template <int kGroups, int kGroupThreads>
+__device__ __forceinline__ void group_sync(int group) {
+  if constexpr (kGroups == 1) {
+    __syncthreads();
+  } else {
+    asm volatile("bar.sync %0, %1;\n" ::"r"(group + 1), "n"(kGroupThreads) : "memory");
+  }
+}
+
+__device__ __forceinline__ float fast_exp2(float x) {  // MUFU.EX2; exp2(-inf) = 0
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
 }
 
 __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr) {
@@ -82,6 +124,31 @@ __device__ __forceinline__ uint32_t pack2<__half>(float lo, float hi) {
   return *reinterpret_cast<uint32_t*>(&v);
 }
 
+// Max / sum of this lane's part of row half h (0: c0 c1, 1: c2 c3) of an accumulator row of N
+// 16x8 blocks, as a tree: a chain of dependent adds would sit on the softmax's critical path.
+template <int N>
+__device__ __forceinline__ float row_max(const float (&x)[N][4], int h) {
+  float v[N];
+#pragma unroll
+  for (int i = 0; i < N; ++i) v[i] = fmaxf(x[i][2 * h], x[i][2 * h + 1]);
+#pragma unroll
+  for (int w = 1; w < N; w *= 2)
+#pragma unroll
+    for (int i = 0; i + w < N; i += 2 * w) v[i] = fmaxf(v[i], v[i + w]);
+  return v[0];
+}
+template <int N>
+__device__ __forceinline__ float row_sum(const float (&x)[N][4], int h) {
+  float v[N];
+#pragma unroll
+  for (int i = 0; i < N; ++i) v[i] = x[i][2 * h] + x[i][2 * h + 1];
+#pragma unroll
+  for (int w = 1; w < N; w *= 2)
+#pragma unroll
+    for (int i = 0; i + w < N; i += 2 * w) v[i] += v[i + w];
+  return v[0];
+}
+
 // Element offset of 16-byte chunk `chunk` of row `row` in a [rows][D] shared tile. The chunk index
 // is XORed with the row so that the 8 rows one ldmatrix reads fall in different banks.
 template <int D>
@@ -120,20 +187,23 @@ __device__ void locate_tile(const int32_t* __restrict__ query_start, int num_seq
   }
 }
 
-template <typename T, int D>
-__global__ void __launch_bounds__(kThreads, kMT == 1 ? (D <= 64 ? 2 : 1) * (128 / kRows) : 2)
+template <typename T, int D, class S>
+__global__ void __launch_bounds__(S::kThreads, S::template min_blocks<D>())
     prefill_mma_kernel(const T* __restrict__ q, const T* __restrict__ k_cache, const T* __restrict__ v_cache,
                        T* __restrict__ out, const int32_t* __restrict__ query_start,
                        const int32_t* __restrict__ seq_lens, const int32_t* __restrict__ block_tables, int num_seqs,
                        int num_tiles, int Hq, int Hk, int max_blocks_per_seq, int block_size, float scale_log2) {
+  constexpr int kMT = S::kMT, kKeys = S::kKeys, kStages = S::kStages, kGroups = S::kGroups;
+  constexpr int kGroupThreads = S::kGroupThreads;
   constexpr int kChunks = D / 8;  // 16-byte chunks per row
+  constexpr int kStageElems = 2 * kKeys * D;  // K then V
   extern __shared__ __align__(128) unsigned char smem[];
   T* q_s = reinterpret_cast<T*>(smem);  // [kRows][D]
-  T* k_s = q_s + kRows * D;             // [2][kKeys][D]
-  T* v_s = k_s + 2 * kKeys * D;         // [2][kKeys][D]
+  T* kv_s = q_s + kRows * D;            // per group: [kStages][K, V][kKeys][D]
   __shared__ int tile_seq, tile_row0;
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int group = warp / S::kGroupWarps, gwarp = warp % S::kGroupWarps, gtid = tid % kGroupThreads;
   const int G = Hq / Hk;
   const int kvh = blockIdx.x % Hk;
   // Later tiles of a sequence see more keys: hand them out first so the short ones fill the tail.
@@ -148,37 +218,54 @@ __global__ void __launch_bounds__(kThreads, kMT == 1 ? (D <= 64 ? 2 : 1) * (128 
   const int last_flat = min(nrows, row0 + kRows) - 1;
   const int k_end = past + last_flat / G + 1;  // keys [0, k_end) are visible to some row of the tile
   const int n_tiles = (k_end + kKeys - 1) / kKeys;
+  const int my_tiles = (n_tiles - group + kGroups - 1) / kGroups;  // this group's: group, group + kGroups, ...
   const int32_t* table = block_tables + static_cast<int64_t>(s) * max_blocks_per_seq;
+  T* my_kv = kv_s + group * kStages * kStageElems;
 
   // Row r of the tile is flat row row0 + r = query i * G + head g: query head kvh * G + g of token q0 + i.
-  for (int idx = tid; idx < kRows * kChunks; idx += kThreads) {
+  for (int idx = tid; idx < kRows * kChunks; idx += S::kThreads) {
     const int r = idx / kChunks, c = idx % kChunks, flat = row0 + r;
     const bool ok = flat < nrows;
     const T* src = ok ? q + ((static_cast<int64_t>(q0 + flat / G) * Hq + kvh * G + flat % G) * D + c * 8) : q;
     cp_async16(smem_addr(q_s + swz<D>(r, c)), src, ok);
   }
-  auto load_kv = [&](int it) {
-    const int t0 = it * kKeys;
-    T* ks = k_s + (it & 1) * kKeys * D;
-    T* vs = v_s + (it & 1) * kKeys * D;
-    for (int idx = tid; idx < kKeys * kChunks; idx += kThreads) {
-      const int j = idx / kChunks, c = idx % kChunks, t = t0 + j;
-      const bool ok = t < k_end;  // keys past the end are zero-filled (and masked)
-      int64_t off = 0;
-      if (ok) {
-        const int64_t slot = static_cast<int64_t>(table[t / block_size]) * block_size + t % block_size;
-        off = (slot * Hk + kvh) * D + c * 8;
-      }
-      cp_async16(smem_addr(ks + swz<D>(j, c)), k_cache + off, ok);
-      cp_async16(smem_addr(vs + swz<D>(j, c)), v_cache + off, ok);
+  cp_async_commit();
+  // The group's j-th tile into stage j % kStages. kRowThreads threads share each key row, so one
+  // page-table lookup per thread and tile; chunk i * kRowThreads + part of the row is this thread's
+  // i-th copy, the threads of a row covering whole 32-byte sectors together.
+  constexpr int kRowThreads = kGroupThreads / kKeys;
+  constexpr int kRowCopies = kChunks / kRowThreads;
+  static_assert(kGroupThreads % kKeys == 0 && kChunks % kRowThreads == 0 && kRowCopies >= 1, "whole rows per thread");
+  const int jr = gtid / kRowThreads, part = gtid % kRowThreads;
+  const T* k_src = k_cache + kvh * D + part * 8;
+  const T* v_src = v_cache + kvh * D + part * 8;
+  const int64_t slot_stride = static_cast<int64_t>(Hk) * D;
+  auto load_kv = [&](int j) {
+    const int t = (j * kGroups + group) * kKeys + jr;
+    T* ks = my_kv + (j % kStages) * kStageElems + jr * D;
+    T* vs = ks + kKeys * D;
+    const bool ok = t < k_end;  // keys past the end are zero-filled (and masked)
+    int64_t off = 0;
+    if (ok) {
+      const int page = t / block_size;
+      off = (static_cast<int64_t>(table[page]) * block_size + (t - page * block_size)) * slot_stride;
+    }
+#pragma unroll
+    for (int i = 0; i < kRowCopies; ++i) {
+      const int sw = ((i * kRowThreads + part) ^ (jr & 7)) << 3;  // swz<D>(jr, chunk) less the row
+      cp_async16(smem_addr(ks + sw), k_src + off + i * kRowThreads * 8, ok);
+      cp_async16(smem_addr(vs + sw), v_src + off + i * kRowThreads * 8, ok);
     }
   };
-  load_kv(0);
-  cp_async_commit();
+#pragma unroll
+  for (int j = 0; j < kStages - 1; ++j) {
+    if (j < my_tiles) load_kv(j);
+    cp_async_commit();  // possibly empty: keeps the group count uniform for the waits
+  }
 
-  // In mma block mt this lane holds rows ra + 16 mt and ra + 16 mt + 8 of the warp's; lim = last key
+  // In mma block mt this lane holds rows ra + 16 mt and ra + 16 mt + 8 of the tile; lim = last key
   // position the row sees (-1: a padding row past the chunk).
-  const int ra = warp * kWarpRows + (lane >> 2);
+  const int ra = gwarp * S::kWarpRows + (lane >> 2);
   int lim[kMT][2];
 #pragma unroll
   for (int mt = 0; mt < kMT; ++mt)
@@ -187,14 +274,14 @@ __global__ void __launch_bounds__(kThreads, kMT == 1 ? (D <= 64 ? 2 : 1) * (128 
       const int flat = row0 + ra + 16 * mt + 8 * h;
       lim[mt][h] = flat < nrows ? past + flat / G : -1;
     }
-  const int wfirst = row0 + warp * kWarpRows;
-  const int wlast = min(wfirst + kWarpRows - 1, nrows - 1);
+  const int wfirst = row0 + gwarp * S::kWarpRows;
+  const int wlast = min(wfirst + S::kWarpRows - 1, nrows - 1);
   const int warp_max_lim = wlast >= wfirst ? past + wlast / G : -1;
-  const int warp_min_lim = wfirst + kWarpRows - 1 < nrows ? past + wfirst / G : -1;
+  const int warp_min_lim = wfirst + S::kWarpRows - 1 < nrows ? past + wfirst / G : -1;
 
-  uint32_t qf[kQInRegs ? D / 16 : 1][4];
+  uint32_t qf[S::kQInRegs ? D / 16 : 1][4];
   float o[kMT][D / 8][4];
-  float m[kMT][2], l[kMT][2];
+  float m[kMT][2], l[kMT][2];  // m: running row max of score * scale_log2
 #pragma unroll
   for (int mt = 0; mt < kMT; ++mt) {
 #pragma unroll
@@ -204,93 +291,100 @@ __global__ void __launch_bounds__(kThreads, kMT == 1 ? (D <= 64 ? 2 : 1) * (128 
   }
   // A fragment of Q for mma block mt, k-step kk (ldmatrix x4: rows 0-7 / 8-15, k 0-7 / 8-15).
   auto load_q = [&](uint32_t (&a)[4], int mt, int kk) {
-    const int row = warp * kWarpRows + mt * 16 + (lane & 7) + (((lane >> 3) & 1) << 3);
+    const int row = gwarp * S::kWarpRows + mt * 16 + (lane & 7) + (((lane >> 3) & 1) << 3);
     ldmatrix_x4(a, smem_addr(q_s + swz<D>(row, 2 * kk + (lane >> 4))));
   };
 
-  for (int it = 0; it < n_tiles; ++it) {
-    if (it + 1 < n_tiles) load_kv(it + 1);
-    cp_async_commit();  // possibly empty: keeps the group count uniform for the wait below
-    cp_async_wait<1>();
-    __syncthreads();
-    if (kQInRegs && it == 0) {
+  cp_async_wait<kStages - 2>();
+  __syncthreads();  // Q (copied by every thread) and each group's first tile have landed
+  if constexpr (S::kQInRegs) {
 #pragma unroll
-      for (int kk = 0; kk < D / 16; ++kk) load_q(qf[kQInRegs ? kk : 0], 0, kk);
+    for (int kk = 0; kk < D / 16; ++kk) load_q(qf[kk], 0, kk);
+  }
+
+  for (int j = 0; j < my_tiles; ++j) {
+    if (j > 0) {
+      cp_async_wait<kStages - 2>();
+      // Tile j has landed for the whole group, which is also done with tile j - 1's stage.
+      group_sync<kGroups, kGroupThreads>(group);
     }
-    const int t0 = it * kKeys;
-    if (t0 <= warp_max_lim) {
-      const T* ks = k_s + (it & 1) * kKeys * D;
-      const T* vs = v_s + (it & 1) * kKeys * D;
-      float sc[kMT][kKeys / 8][4];
+    if (j + kStages - 1 < my_tiles) load_kv(j + kStages - 1);
+    cp_async_commit();
+    const int t0 = (j * kGroups + group) * kKeys;
+    if (t0 > warp_max_lim) continue;  // the whole tile is above this warp's diagonal
+    const T* ks = my_kv + (j % kStages) * kStageElems;
+    const T* vs = ks + kKeys * D;
+    float sc[kMT][kKeys / 8][4];
+#pragma unroll
+    for (int mt = 0; mt < kMT; ++mt)
+#pragma unroll
+      for (int nb = 0; nb < kKeys / 8; ++nb) sc[mt][nb][0] = sc[mt][nb][1] = sc[mt][nb][2] = sc[mt][nb][3] = 0.0f;
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      uint32_t qa[kMT][4];
+#pragma unroll
+      for (int mt = 0; mt < kMT; ++mt) {
+        if constexpr (S::kQInRegs) {
+#pragma unroll
+          for (int i = 0; i < 4; ++i) qa[mt][i] = qf[kk][i];
+        } else {
+          load_q(qa[mt], mt, kk);
+        }
+      }
+#pragma unroll
+      for (int nb = 0; nb < kKeys / 8; nb += 2) {
+        const int key = nb * 8 + ((lane >> 4) << 3) + (lane & 7);
+        uint32_t b[4];
+        ldmatrix_x4(b, smem_addr(ks + swz<D>(key, 2 * kk + ((lane >> 3) & 1))));
+#pragma unroll
+        for (int mt = 0; mt < kMT; ++mt) {
+          mma16816<T>(sc[mt][nb], qa[mt], b[0], b[1]);
+          mma16816<T>(sc[mt][nb + 1], qa[mt], b[2], b[3]);
+        }
+      }
+    }
+    if (t0 + kKeys - 1 > warp_min_lim) {  // the diagonal (or the end of a short tile) crosses this tile
 #pragma unroll
       for (int mt = 0; mt < kMT; ++mt)
 #pragma unroll
-        for (int nb = 0; nb < kKeys / 8; ++nb) sc[mt][nb][0] = sc[mt][nb][1] = sc[mt][nb][2] = sc[mt][nb][3] = 0.0f;
-#pragma unroll
-      for (int kk = 0; kk < D / 16; ++kk) {
-        uint32_t qa[kMT][4];
-#pragma unroll
-        for (int mt = 0; mt < kMT; ++mt) {
-          if constexpr (kQInRegs) {
-#pragma unroll
-            for (int i = 0; i < 4; ++i) qa[mt][i] = qf[kk][i];
-          } else {
-            load_q(qa[mt], mt, kk);
-          }
-        }
-#pragma unroll
-        for (int nb = 0; nb < kKeys / 8; nb += 2) {
-          const int key = nb * 8 + ((lane >> 4) << 3) + (lane & 7);
-          uint32_t b[4];
-          ldmatrix_x4(b, smem_addr(ks + swz<D>(key, 2 * kk + ((lane >> 3) & 1))));
-#pragma unroll
-          for (int mt = 0; mt < kMT; ++mt) {
-            mma16816<T>(sc[mt][nb], qa[mt], b[0], b[1]);
-            mma16816<T>(sc[mt][nb + 1], qa[mt], b[2], b[3]);
-          }
-        }
-      }
-      if (t0 + kKeys - 1 > warp_min_lim) {  // the diagonal (or the end of a short tile) crosses this tile
-#pragma unroll
-        for (int mt = 0; mt < kMT; ++mt)
-#pragma unroll
-          for (int nb = 0; nb < kKeys / 8; ++nb)
-#pragma unroll
-            for (int e = 0; e < 4; ++e)
-              if (t0 + nb * 8 + (lane & 3) * 2 + (e & 1) > lim[mt][e >> 1]) sc[mt][nb][e] = -INFINITY;
-      }
-      uint32_t pf[kMT][kKeys / 16][4];
-#pragma unroll
-      for (int mt = 0; mt < kMT; ++mt) {
-        float mx[2] = {m[mt][0], m[mt][1]};
-#pragma unroll
         for (int nb = 0; nb < kKeys / 8; ++nb)
 #pragma unroll
-          for (int e = 0; e < 4; ++e) mx[e >> 1] = fmaxf(mx[e >> 1], sc[mt][nb][e] * scale_log2);
-        float base[2], alpha[2];
+          for (int e = 0; e < 4; ++e)
+            if (t0 + nb * 8 + (lane & 3) * 2 + (e & 1) > lim[mt][e >> 1]) sc[mt][nb][e] = -INFINITY;
+    }
+    uint32_t pf[kMT][kKeys / 16][4];
 #pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 1));
-          mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 2));
-          base[h] = mx[h] == -INFINITY ? 0.0f : mx[h];  // a row that has seen nothing stays at zero
-          alpha[h] = exp2f(m[mt][h] - base[h]);
-          m[mt][h] = mx[h];
-        }
-        float rs[2] = {0.0f, 0.0f};
+    for (int mt = 0; mt < kMT; ++mt) {
+      // The scale is positive, so the max of the raw scores gives the max of the scaled ones.
+      float mx[2];
 #pragma unroll
-        for (int nb = 0; nb < kKeys / 8; ++nb) {
-          const float p0 = exp2f(fmaf(sc[mt][nb][0], scale_log2, -base[0]));
-          const float p1 = exp2f(fmaf(sc[mt][nb][1], scale_log2, -base[0]));
-          const float p2 = exp2f(fmaf(sc[mt][nb][2], scale_log2, -base[1]));
-          const float p3 = exp2f(fmaf(sc[mt][nb][3], scale_log2, -base[1]));
-          rs[0] += p0 + p1;
-          rs[1] += p2 + p3;
-          // The accumulator layout of two adjacent 16x8 blocks is the A-operand layout of one 16x16 block.
-          pf[mt][nb >> 1][(nb & 1) * 2 + 0] = pack2<T>(p0, p1);
-          pf[mt][nb >> 1][(nb & 1) * 2 + 1] = pack2<T>(p2, p3);
-        }
+      for (int h = 0; h < 2; ++h) mx[h] = row_max<kKeys / 8>(sc[mt], h);
+      float base[2], alpha[2];
 #pragma unroll
-        for (int h = 0; h < 2; ++h) l[mt][h] = l[mt][h] * alpha[h] + rs[h];
+      for (int h = 0; h < 2; ++h) {
+        mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 1));
+        mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 2));
+        // The max moves only when it grows by more than kLazyMax: p = exp2(s - m) then stays
+        // below 2^kLazyMax, and most tiles skip rescaling o.
+        const float mnew = mx[h] * scale_log2 > m[mt][h] + kLazyMax ? mx[h] * scale_log2 : m[mt][h];
+        base[h] = mnew == -INFINITY ? 0.0f : mnew;  // a row that has seen nothing stays at zero
+        alpha[h] = fast_exp2(m[mt][h] - base[h]);
+        m[mt][h] = mnew;
+      }
+#pragma unroll
+      for (int nb = 0; nb < kKeys / 8; ++nb)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) sc[mt][nb][e] = fast_exp2(fmaf(sc[mt][nb][e], scale_log2, -base[e >> 1]));
+      const float rs[2] = {row_sum<kKeys / 8>(sc[mt], 0), row_sum<kKeys / 8>(sc[mt], 1)};
+#pragma unroll
+      for (int nb = 0; nb < kKeys / 8; ++nb) {
+        // The accumulator layout of two adjacent 16x8 blocks is the A-operand layout of one 16x16 block.
+        pf[mt][nb >> 1][(nb & 1) * 2 + 0] = pack2<T>(sc[mt][nb][0], sc[mt][nb][1]);
+        pf[mt][nb >> 1][(nb & 1) * 2 + 1] = pack2<T>(sc[mt][nb][2], sc[mt][nb][3]);
+      }
+#pragma unroll
+      for (int h = 0; h < 2; ++h) l[mt][h] = l[mt][h] * alpha[h] + rs[h];
+      if (__any_sync(0xffffffffu, alpha[0] != 1.0f || alpha[1] != 1.0f)) {
 #pragma unroll
         for (int nd = 0; nd < D / 8; ++nd) {
           o[mt][nd][0] *= alpha[0];
@@ -299,22 +393,63 @@ __global__ void __launch_bounds__(kThreads, kMT == 1 ? (D <= 64 ? 2 : 1) * (128 
           o[mt][nd][3] *= alpha[1];
         }
       }
+    }
 #pragma unroll
-      for (int j = 0; j < kKeys / 16; ++j) {
-        const int key = j * 16 + (((lane >> 3) & 1) << 3) + (lane & 7);
+    for (int jk = 0; jk < kKeys / 16; ++jk) {
+      const int key = jk * 16 + (((lane >> 3) & 1) << 3) + (lane & 7);
 #pragma unroll
-        for (int nd = 0; nd < D / 8; nd += 2) {
-          uint32_t b[4];
-          ldmatrix_x4_trans(b, smem_addr(vs + swz<D>(key, nd + (lane >> 4))));
+      for (int nd = 0; nd < D / 8; nd += 2) {
+        uint32_t b[4];
+        ldmatrix_x4_trans(b, smem_addr(vs + swz<D>(key, nd + (lane >> 4))));
 #pragma unroll
-          for (int mt = 0; mt < kMT; ++mt) {
-            mma16816<T>(o[mt][nd], pf[mt][j], b[0], b[1]);
-            mma16816<T>(o[mt][nd + 1], pf[mt][j], b[2], b[3]);
-          }
+        for (int mt = 0; mt < kMT; ++mt) {
+          mma16816<T>(o[mt][nd], pf[mt][jk], b[0], b[1]);
+          mma16816<T>(o[mt][nd + 1], pf[mt][jk], b[2], b[3]);
         }
       }
     }
-    __syncthreads();  // every warp is done with this stage before the next iteration refills it
+  }
+
+  if constexpr (kGroups > 1) {
+    // Group 1 hands its (m, l, o) to the thread of group 0 that holds the same rows and columns,
+    // through the K/V stages, which nobody reads any more.
+    cp_async_wait<0>();
+    __syncthreads();
+    float4* xo = reinterpret_cast<float4*>(kv_s);  // [kMT][D / 8][kGroupThreads]
+    float2* xml = reinterpret_cast<float2*>(xo + kMT * (D / 8) * kGroupThreads);  // [kMT][2][kGroupThreads]
+    if (group == 1) {
+#pragma unroll
+      for (int mt = 0; mt < kMT; ++mt) {
+#pragma unroll
+        for (int nd = 0; nd < D / 8; ++nd)
+          xo[(mt * (D / 8) + nd) * kGroupThreads + gtid] = make_float4(o[mt][nd][0], o[mt][nd][1], o[mt][nd][2], o[mt][nd][3]);
+#pragma unroll
+        for (int h = 0; h < 2; ++h) xml[(mt * 2 + h) * kGroupThreads + gtid] = make_float2(m[mt][h], l[mt][h]);
+      }
+    }
+    __syncthreads();
+    if (group == 1) return;
+#pragma unroll
+    for (int mt = 0; mt < kMT; ++mt) {
+      float a0[2], a1[2];
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const float2 ml = xml[(mt * 2 + h) * kGroupThreads + gtid];
+        const float mnew = fmaxf(m[mt][h], ml.x);
+        const float base = mnew == -INFINITY ? 0.0f : mnew;
+        a0[h] = fast_exp2(m[mt][h] - base);
+        a1[h] = fast_exp2(ml.x - base);
+        l[mt][h] = l[mt][h] * a0[h] + ml.y * a1[h];
+      }
+#pragma unroll
+      for (int nd = 0; nd < D / 8; ++nd) {
+        const float4 x = xo[(mt * (D / 8) + nd) * kGroupThreads + gtid];
+        o[mt][nd][0] = o[mt][nd][0] * a0[0] + x.x * a1[0];
+        o[mt][nd][1] = o[mt][nd][1] * a0[0] + x.y * a1[0];
+        o[mt][nd][2] = o[mt][nd][2] * a0[1] + x.z * a1[1];
+        o[mt][nd][3] = o[mt][nd][3] * a0[1] + x.w * a1[1];
+      }
+    }
   }
 
 #pragma unroll
@@ -335,26 +470,66 @@ __global__ void __launch_bounds__(kThreads, kMT == 1 ? (D <= 64 ? 2 : 1) * (128 
     }
 }
 
-template <typename T, int D>
+template <typename T, int D, class S>
 cudaError_t run_mma(const PrefillMmaArgs& a, cudaStream_t stream) {
-  const size_t smem = sizeof(T) * static_cast<size_t>(kRows + 4 * kKeys) * D;
-  cudaError_t err = cudaFuncSetAttribute(prefill_mma_kernel<T, D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+  const size_t smem = S::template smem_bytes<D>(sizeof(T));
+  cudaError_t err = cudaFuncSetAttribute(prefill_mma_kernel<T, D, S>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                          static_cast<int>(smem));
   if (err != cudaSuccess) return err;
   const int64_t blocks = static_cast<int64_t>(a.num_tiles) * a.num_kv_heads;
   if (blocks > 0x7fffffff) return cudaErrorInvalidConfiguration;
-  prefill_mma_kernel<T, D><<<static_cast<unsigned>(blocks), kThreads, smem, stream>>>(
+  prefill_mma_kernel<T, D, S><<<static_cast<unsigned>(blocks), S::kThreads, smem, stream>>>(
       static_cast<const T*>(a.q), static_cast<const T*>(a.k_cache), static_cast<const T*>(a.v_cache),
       static_cast<T*>(a.out), a.query_start, a.seq_lens, a.block_tables, a.num_seqs, a.num_tiles, a.num_heads,
       a.num_kv_heads, a.max_blocks_per_seq, a.block_size, a.scale * 1.4426950408889634f);
   return cudaGetLastError();
 }
 
+// The shapes the benchmark compares; launch_prefill_attention_mma picks one by the number of blocks.
+// Measured on an H200 (Llama-3-8B heads, bf16, pages of 16; TFLOP/s of causal flops, kernel time),
+// prompt/chunk 2048/2048, 2048/512, 8192/8192, 8192/512:
+//   mt1 g1 k64 s2   221  162  272  229   (the previous kernel, this shape with two barriers a tile,
+//   mt2 g1 k32 s2   238  123  285  168    a division per 16-byte copy and o rescaled every tile:
+//                                         168 126 207 172)
+//   mt1 g1 k64 s3   217  160  266  226
+//   mt2 g2 k32 s3   206  149  260  215
+// 4-warp blocks need two per SM to hide latency (2048/512 and 8192/512 give 128 blocks); with 64-key
+// tiles they spill (mt2 g1 k64 s2: 219 110 262 149); 16-warp blocks (two groups of 16-row warps,
+// 128 registers) and 128-key tiles were slower everywhere.
+using Shape0 = MmaShape<1, 1, 64, 2>;
+using Shape1 = MmaShape<2, 1, 32, 2>;
+using Shape2 = MmaShape<1, 1, 64, 3>;
+using Shape3 = MmaShape<2, 2, 32, 3>;
+constexpr const char* kShapeNames[] = {"mt1 g1 k64 s2", "mt2 g1 k32 s2", "mt1 g1 k64 s3", "mt2 g2 k32 s3"};
+constexpr int kNumShapes = sizeof(kShapeNames) / sizeof(kShapeNames[0]);
+// At least two blocks per SM: the 4-warp blocks, two per SM. Fewer: the 8-warp blocks, one per SM.
+constexpr int kShapeManyBlocks = 1, kShapeFewBlocks = 0;
+
+template <typename T, int D>
+cudaError_t run_shape(const PrefillMmaArgs& a, int shape, cudaStream_t stream) {
+  switch (shape) {
+    case 0: return run_mma<T, D, Shape0>(a, stream);
+    case 1: return run_mma<T, D, Shape1>(a, stream);
+    case 2: return run_mma<T, D, Shape2>(a, stream);
+    case 3: return run_mma<T, D, Shape3>(a, stream);
+    default: return cudaErrorInvalidValue;
+  }
+}
+
 template <typename T>
-cudaError_t run_mma_dim(const PrefillMmaArgs& a, cudaStream_t stream) {
-  if (a.head_dim == 64) return run_mma<T, 64>(a, stream);
-  if (a.head_dim == 128) return run_mma<T, 128>(a, stream);
+cudaError_t run_dim(const PrefillMmaArgs& a, int shape, cudaStream_t stream) {
+  if (a.head_dim == 64) return run_shape<T, 64>(a, shape, stream);
+  if (a.head_dim == 128) return run_shape<T, 128>(a, shape, stream);
   return cudaErrorInvalidValue;
+}
+
+cudaError_t default_shape(const PrefillMmaArgs& a, int* shape) {
+  int dev = 0, sms = 0;
+  cudaError_t err = cudaGetDevice(&dev);
+  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+  if (err != cudaSuccess) return err;
+  *shape = static_cast<int64_t>(a.num_tiles) * a.num_kv_heads >= 2 * sms ? kShapeManyBlocks : kShapeFewBlocks;
+  return cudaSuccess;
 }
 
 }  // namespace
@@ -363,13 +538,27 @@ bool prefill_attention_mma_supported(DType dtype, int head_dim) {
   return (dtype == DType::F16 || dtype == DType::BF16) && (head_dim == 64 || head_dim == 128);
 }
 
-cudaError_t launch_prefill_attention_mma(const PrefillMmaArgs& args, DType dtype, cudaStream_t stream) {
+int prefill_attention_mma_shapes() { return kNumShapes; }
+const char* prefill_attention_mma_shape_name(int shape) {
+  return shape >= 0 && shape < kNumShapes ? kShapeNames[shape] : "?";
+}
+
+cudaError_t launch_prefill_attention_mma_shape(const PrefillMmaArgs& args, DType dtype, int shape,
+                                               cudaStream_t stream) {
   if (args.num_tiles == 0) return cudaSuccess;
   if (!prefill_attention_mma_supported(dtype, args.head_dim) || args.num_kv_heads <= 0 ||
-      args.num_heads % args.num_kv_heads != 0 || args.block_size <= 0)
+      args.num_heads % args.num_kv_heads != 0 || args.block_size <= 0 || !(args.scale > 0.0f))
     return cudaErrorInvalidValue;
-  if (dtype == DType::BF16) return run_mma_dim<__nv_bfloat16>(args, stream);
-  return run_mma_dim<__half>(args, stream);
+  if (shape < 0) {
+    const cudaError_t err = default_shape(args, &shape);
+    if (err != cudaSuccess) return err;
+  }
+  if (dtype == DType::BF16) return run_dim<__nv_bfloat16>(args, shape, stream);
+  return run_dim<__half>(args, shape, stream);
+}
+
+cudaError_t launch_prefill_attention_mma(const PrefillMmaArgs& args, DType dtype, cudaStream_t stream) {
+  return launch_prefill_attention_mma_shape(args, dtype, -1, stream);
 }
 
 }  // namespace ember::cuda

@@ -1,6 +1,7 @@
 // The tensor-core prefill attention against a float64 host reference: chunks with and without a
-// cached past, GQA ratios 1/4/8, head dims 64/128, scrambled block tables, mixed prefill+decode
-// steps. The DISABLED_ benchmark times Llama-3-8B's attention shape against the CUDA-core kernel.
+// cached past, GQA ratios 1/4/5/8, head dims 64/128, scrambled block tables, pages of 1 to 32,
+// mixed prefill+decode steps, every compiled kernel shape. The DISABLED_ benchmarks time Llama-3-8B's
+// attention shape against the CUDA-core kernel and compare the kernel shapes.
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
@@ -16,8 +17,10 @@
 namespace ember::test {
 namespace {
 
+using cuda::kPrefillMmaRows;
 using cuda::kPrefillRowsPerTile;
 using cuda::PrefillAttentionArgs;
+using cuda::PrefillMmaArgs;
 using cuda::PrefillWorkItem;
 using Seqs = std::vector<std::pair<int, int>>;  // (past length, chunk length)
 
@@ -119,6 +122,9 @@ const PrefillCase kCases[] = {
     {"block8_past_not_page_aligned", {{13, 77}}, 12, 3, 128, 8},
     {"many_seqs_d64", many_seqs(), 8, 2, 64, 16},
     {"long_past_short_chunk", {{2000, 17}}, 32, 8, 128, 16},
+    {"gqa5_d128_past", {{300, 450}}, 10, 2, 128, 16},
+    {"gqa5_d64_block1_two_seqs", {{37, 90}, {0, 33}}, 5, 1, 64, 1},
+    {"long_chunk_mha_d128", {{0, 700}}, 2, 2, 128, 16},
     {"fallback_d96", {{40, 33}}, 8, 2, 96, 16},
 };
 const DType kDtypes[] = {DType::F16, DType::BF16, DType::F32};
@@ -173,6 +179,64 @@ std::string case_name(const testing::TestParamInfo<std::tuple<PrefillCase, DType
 INSTANTIATE_TEST_SUITE_P(Shapes, CudaPrefillAttention, testing::Combine(testing::ValuesIn(kCases), testing::ValuesIn(kDtypes)),
                          case_name);
 
+// Arguments for launching the tensor-core kernel directly, tiles counted as the backend does.
+PrefillMmaArgs mma_args(const Tensor& q, const Tensor& kc, const Tensor& vc, Tensor& out, const DeviceStep& ds,
+                        const StepMeta& m, int Hq, int Hk, int D, float scale) {
+  PrefillMmaArgs a{};
+  a.q = q.data;
+  a.k_cache = kc.data;
+  a.v_cache = vc.data;
+  a.out = out.data;
+  a.query_start = ds.query_start;
+  a.seq_lens = ds.seq_lens;
+  a.block_tables = ds.block_tables;
+  a.num_seqs = ds.num_seqs;
+  for (size_t s = 0; s + 1 < m.query_start.size(); ++s)
+    a.num_tiles += ((m.query_start[s + 1] - m.query_start[s]) * (Hq / Hk) + kPrefillMmaRows - 1) / kPrefillMmaRows;
+  a.num_heads = Hq;
+  a.num_kv_heads = Hk;
+  a.head_dim = D;
+  a.max_blocks_per_seq = ds.max_blocks_per_seq;
+  a.block_size = ds.block_size;
+  a.scale = scale;
+  return a;
+}
+
+// The backend runs one shape; every other compiled shape must be just as correct.
+TEST(CudaPrefillAttentionShapes, EveryShapeMatchesHostReference) {
+  EMBER_REQUIRE_GPU();
+  Backend& gpu = cuda_backend();
+  for (const PrefillCase& c : kCases) {
+    if (!cuda::prefill_attention_mma_supported(DType::BF16, c.D)) continue;
+    for (DType dt : {DType::F16, DType::BF16}) {
+      int64_t slots = 0;
+      StepMeta m = make_step(c.seqs, c.block_size, 18, &slots);
+      const int64_t T = m.query_start.back();
+      auto q = random_values(static_cast<size_t>(T) * c.Hq * c.D, dt, 19, -2.0f, 2.0f);
+      auto kc = random_values(static_cast<size_t>(slots) * c.Hk * c.D, dt, 20, -2.0f, 2.0f);
+      auto vc = random_values(static_cast<size_t>(slots) * c.Hk * c.D, dt, 21);
+      auto gq = upload(gpu, q, dt, {T, c.Hq, c.D});
+      auto gk = upload(gpu, kc, dt, {slots, c.Hk, c.D});
+      auto gv = upload(gpu, vc, dt, {slots, c.Hk, c.D});
+      const float scale = 1.0f / std::sqrt(static_cast<float>(c.D));
+      const auto want = reference(q, kc, vc, m, c.Hq, c.Hk, c.D, scale);
+      const DeviceStep ds = gpu.upload_step(m);
+      gpu.synchronize();
+      for (int shape = 0; shape < cuda::prefill_attention_mma_shapes(); ++shape) {
+        auto go = empty(gpu, dt, {T, c.Hq, c.D});
+        gpu.synchronize();
+        const PrefillMmaArgs a = mma_args(gq.t, gk.t, gv.t, go.t, ds, m, c.Hq, c.Hk, c.D, scale);
+        const cudaError_t err = cuda::launch_prefill_attention_mma_shape(a, dt, shape, nullptr);
+        ASSERT_EQ(err, cudaSuccess) << cudaGetErrorString(err);
+        ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+        const double err_rel = rel_error(download(gpu, go.t), want);
+        EXPECT_LT(err_rel, tolerance(dt)) << c.name << " " << dtype_name(dt) << " shape "
+                                          << cuda::prefill_attention_mma_shape_name(shape);
+      }
+    }
+  }
+}
+
 // ---- benchmark: Llama-3-8B attention (32 q heads, 8 kv heads, D=128, bf16, pages of 16) ----
 
 double causal_flops(int past, int chunk, int Hq, int D) {
@@ -183,6 +247,24 @@ double causal_flops(int past, int chunk, int Hq, int D) {
 
 void check_cuda(cudaError_t e, const char* what) { ASSERT_EQ(e, cudaSuccess) << what << ": " << cudaGetErrorString(e); }
 
+// One sequence of `total` tokens whose pages are scrambled, prefilled in chunks: each chunk step
+// sees the earlier chunks as its past.
+std::vector<StepMeta> chunk_steps(int total, int chunk, int block_size, int64_t* slots) {
+  const StepMeta full = make_step({{0, total}}, block_size, 5, slots);
+  std::vector<StepMeta> steps;
+  for (int past = 0; past < total; past += chunk) {
+    StepMeta m = full;
+    m.query_start = {0, chunk};
+    m.seq_lens = {past + chunk};
+    m.token_ids.assign(chunk, 0);
+    m.positions.resize(chunk);
+    std::iota(m.positions.begin(), m.positions.end(), past);
+    m.slot_mapping.assign(full.slot_mapping.begin() + past, full.slot_mapping.begin() + past + chunk);
+    steps.push_back(std::move(m));
+  }
+  return steps;
+}
+
 TEST(CudaPrefillAttentionBench, DISABLED_Llama3_8B) {
   EMBER_REQUIRE_GPU();
   Backend& gpu = cuda_backend();
@@ -192,20 +274,8 @@ TEST(CudaPrefillAttentionBench, DISABLED_Llama3_8B) {
   std::printf("%-22s %12s %12s %12s %12s %8s\n", "prompt/chunk", "GFLOP", "new ms", "new TFLOP/s", "old TFLOP/s",
               "speedup");
   for (auto [total, chunk] : std::vector<std::pair<int, int>>{{2048, 2048}, {2048, 512}, {8192, 8192}, {8192, 512}}) {
-    // One sequence whose pages are scrambled; each chunk step sees the earlier chunks as its past.
     int64_t slots = 0;
-    const StepMeta full = make_step({{0, total}}, kBlock, 5, &slots);
-    std::vector<StepMeta> steps;
-    for (int past = 0; past < total; past += chunk) {
-      StepMeta m = full;
-      m.query_start = {0, chunk};
-      m.seq_lens = {past + chunk};
-      m.token_ids.assign(chunk, 0);
-      m.positions.resize(chunk);
-      std::iota(m.positions.begin(), m.positions.end(), past);
-      m.slot_mapping.assign(full.slot_mapping.begin() + past, full.slot_mapping.begin() + past + chunk);
-      steps.push_back(std::move(m));
-    }
+    const std::vector<StepMeta> steps = chunk_steps(total, chunk, kBlock, &slots);
     auto kc = upload(gpu, random_values(static_cast<size_t>(slots) * Hk * D, dt, 30, -2.0f, 2.0f), dt, {slots, Hk, D});
     auto vc = upload(gpu, random_values(static_cast<size_t>(slots) * Hk * D, dt, 31), dt, {slots, Hk, D});
     auto q = upload(gpu, random_values(static_cast<size_t>(chunk) * Hq * D, dt, 32, -2.0f, 2.0f), dt, {chunk, Hq, D});
@@ -269,6 +339,66 @@ TEST(CudaPrefillAttentionBench, DISABLED_Llama3_8B) {
     std::printf("%-22s %12.1f %12.3f %12.1f %12.1f %7.1fx   (new vs old rel diff %.2e)\n", label, flops / 1e9, new_ms,
                 flops / new_ms / 1e9, flops / old_ms / 1e9, old_ms / new_ms, diff);
   }
+}
+
+// Kernel time only (events around each launch, median of five after a warm-up), summed over the
+// chunk steps, for every compiled shape of the tensor-core kernel.
+TEST(CudaPrefillAttentionBench, DISABLED_Llama3_8B_Shapes) {
+  EMBER_REQUIRE_GPU();
+  Backend& gpu = cuda_backend();
+  constexpr int Hq = 32, Hk = 8, D = 128, kBlock = 16;
+  const DType dt = DType::BF16;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(D));
+  const int n = cuda::prefill_attention_mma_shapes();
+  std::printf("TFLOP/s by kernel shape (kernel time only)\n%-12s %8s", "prompt/chunk", "auto");
+  for (int i = 0; i < n; ++i) std::printf(" %14s", cuda::prefill_attention_mma_shape_name(i));
+  std::printf("\n");
+  cudaEvent_t e0, e1;
+  check_cuda(cudaEventCreate(&e0), "event");
+  check_cuda(cudaEventCreate(&e1), "event");
+  for (auto [total, chunk] : std::vector<std::pair<int, int>>{{2048, 2048}, {2048, 512}, {8192, 8192}, {8192, 512}}) {
+    int64_t slots = 0;
+    const std::vector<StepMeta> steps = chunk_steps(total, chunk, kBlock, &slots);
+    auto kc = upload(gpu, random_values(static_cast<size_t>(slots) * Hk * D, dt, 30, -2.0f, 2.0f), dt, {slots, Hk, D});
+    auto vc = upload(gpu, random_values(static_cast<size_t>(slots) * Hk * D, dt, 31), dt, {slots, Hk, D});
+    auto q = upload(gpu, random_values(static_cast<size_t>(chunk) * Hq * D, dt, 32, -2.0f, 2.0f), dt, {chunk, Hq, D});
+    auto out = empty(gpu, dt, {chunk, Hq, D});
+    double flops = 0.0;
+    for (int past = 0; past < total; past += chunk) flops += causal_flops(past, chunk, Hq, D);
+    std::vector<double> ms(n + 1, 0.0);  // [0]: the launcher's choice
+    for (const StepMeta& m : steps) {
+      const DeviceStep ds = gpu.upload_step(m);
+      gpu.synchronize();
+      const PrefillMmaArgs a = mma_args(q.t, kc.t, vc.t, out.t, ds, m, Hq, Hk, D, scale);
+      for (int shape = -1; shape < n; ++shape) {
+        auto launch = [&] {
+          check_cuda(cuda::launch_prefill_attention_mma_shape(a, dt, shape, nullptr), "prefill mma");
+        };
+        launch();
+        std::vector<float> t;
+        for (int r = 0; r < 5; ++r) {
+          check_cuda(cudaEventRecord(e0, nullptr), "record");
+          launch();
+          check_cuda(cudaEventRecord(e1, nullptr), "record");
+          check_cuda(cudaEventSynchronize(e1), "sync");
+          float x = 0.0f;
+          check_cuda(cudaEventElapsedTime(&x, e0, e1), "elapsed");
+          t.push_back(x);
+        }
+        std::sort(t.begin(), t.end());
+        ms[shape + 1] += t[t.size() / 2];
+      }
+    }
+    char label[64];
+    std::snprintf(label, sizeof label, "%d/%d", total, chunk);
+    std::printf("%-12s", label);
+    for (int i = 0; i <= n; ++i) std::printf(i == 0 ? " %8.1f" : " %14.1f", flops / ms[i] / 1e9);
+    std::printf("   (ms: auto %.3f", ms[0]);
+    for (int i = 1; i <= n; ++i) std::printf(", %.3f", ms[i]);
+    std::printf(")\n");
+  }
+  cudaEventDestroy(e0);
+  cudaEventDestroy(e1);
 }
 
 }  // namespace
