@@ -396,14 +396,17 @@ class CudaBackendImpl final : public CudaBackend {
  private:
   const PrefillWorkItem* prefill_items(int group);
 
-  // Split-K factor of decode attention: about three blocks per SM (what the kernel's shared memory
-  // allows), never less than one 128-key tile per split, and a power of two so that a growing
-  // context changes the graph key only a handful of times.
+  // Split-K factor of decode attention: a block serves one sequence, kv head and up to 8 of its
+  // query heads; split the context until there are about two blocks per SM, with at least 64 keys
+  // (one 16-key tile per warp) per split, and none below 256 keys, where the merge costs more than
+  // it saves. A power of two (at most 64), so that a growing context changes the graph key only a
+  // handful of times. Measured on H200 (tests/cuda/test_cuda_decode_attention_bench.cc).
   int decode_splits(int num_seqs, int max_seq_len) const {
-    if (max_seq_len <= 128 || attn_kv_heads_ <= 0) return 1;
+    constexpr int kMinSplitKeys = 64;
+    if (max_seq_len < 256 || attn_kv_heads_ <= 0) return 1;
     const int group = attn_heads_ / attn_kv_heads_;
-    const int base = std::max(1, num_seqs * attn_kv_heads_ * ((group + 3) / 4));
-    const int want = std::min((3 * props_.multiProcessorCount + base - 1) / base, (max_seq_len + 127) / 128);
+    const int base = std::max(1, num_seqs * attn_kv_heads_ * ((group + 7) / 8));
+    const int want = std::min((2 * props_.multiProcessorCount + base - 1) / base, max_seq_len / kMinSplitKeys);
     int splits = 1;
     while (splits * 2 <= std::min(want, 64)) splits *= 2;
     return splits;

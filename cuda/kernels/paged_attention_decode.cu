@@ -1,14 +1,305 @@
-// Decode attention (one query per sequence) over the paged KV cache: a block serves one sequence,
-// one kv head and up to four of its query heads (GQA), and long contexts are split over blocks
-// (split-K) whose partial softmax states a second kernel merges.
+// Decode attention (one query per sequence) over the paged KV cache. It is a pure read of K and V,
+// so the fast path (F16/BF16, head_dim 64/80/96/128/256) is built to stream them at memory speed:
+// one block per (sequence, kv head, up to 8 of its query heads, split of the context), every warp
+// running its own cp.async pipeline of 16-key tiles and doing q.k and p.v on the tensor cores, so
+// that each K/V byte is read once for all the group's query heads and the math hides under the
+// loads. F32 and other head sizes take the older CUDA-core kernel. Splits are merged by a second,
+// programmatically dependent kernel that reads their partial softmax states.
+#include <type_traits>
+
 #include "kernels/attention_core.cuh"
 #include "kernels/launchers.h"
 
 namespace ember::cuda {
 namespace {
 
-using attn::kRowsPerWarp;
+// ---- fast path: tensor cores, per-warp cp.async pipeline ----
+
 constexpr int kWarps = 4;
+constexpr int kTileKeys = 16;  // keys per warp tile: the k of the p.v mma
+constexpr int kBlockHeads = 8;  // query heads per block: the n of the p.v mma
+
+template <int D>
+struct TileShape {
+  static_assert(D % 16 == 0 && D <= 256, "head_dim a multiple of 16, at most 256");
+  static constexpr int kRowBytes = 2 * D + 16;  // padding: the 8 rows one ldmatrix reads hit distinct banks
+  // Three stages keep two blocks (8 warps) per SM at D <= 128; a fourth helped one long sequence
+  // by ~2% and cost batches of 64-256 sequences 15-20% (H200).
+  static constexpr int kStages = D <= 128 ? 3 : 2;
+  static constexpr int kTileBytes = 2 * kTileKeys * kRowBytes;  // K rows, then V rows
+  static constexpr int kWarpBytes = kStages * kTileBytes;
+  static constexpr int kMergeStride = D + 4;  // floats per head row of the merge area (bank spread)
+  static constexpr int kMergeBytes = 4 * kWarps * kBlockHeads * (kMergeStride + 2);
+  static constexpr int kSmemBytes = kWarps * kWarpBytes > kMergeBytes ? kWarps * kWarpBytes : kMergeBytes;
+};
+
+__device__ __forceinline__ uint32_t smem_addr(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+// 16-byte async copy; a false `valid` zero-fills the destination and reads nothing.
+__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, bool valid) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(valid ? 16 : 0));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+__device__ __forceinline__ void ldsm_x4_trans(uint32_t (&r)[4], uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+// c += a * b for one m16n8k16 block with fp32 accumulation.
+__device__ __forceinline__ void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1, __nv_bfloat16) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+__device__ __forceinline__ void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1, __half) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+// Two floats as one register of two 16-bit values, `lo` in the low half.
+__device__ __forceinline__ uint32_t pack2(float lo, float hi, __nv_bfloat16) {
+  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<uint32_t*>(&v);
+}
+__device__ __forceinline__ uint32_t pack2(float lo, float hi, __half) {
+  __half2 v = __floats2half2_rn(lo, hi);
+  return *reinterpret_cast<uint32_t*>(&v);
+}
+
+// Fragment layouts (m16n8k16; lane = 4 * gid + tig):
+//  q.k:  S[head][key] = Q[16 heads][16 dims] x K^T[16 dims][8 keys]. Only heads 0..7 are real, so
+//        the A registers of rows 8..15 are zero; each lane ends with the scores of head gid for
+//        keys 2 tig, 2 tig + 1 of each 8-key half of the tile.
+//  p.v:  O^T[dim][head] = V^T[16 dims][16 keys] x P^T[16 keys][8 heads]. Those scores (as 16-bit)
+//        are exactly the lane's B registers, so p never leaves the registers; the accumulator holds
+//        dims gid, gid + 8 of each 16-dim step for heads 2 tig, 2 tig + 1.
+template <typename T, int D>
+__global__ void __launch_bounds__(kWarps * 32)
+    decode_mma_kernel(const T* __restrict__ q, const T* __restrict__ k_cache, const T* __restrict__ v_cache,
+                      T* __restrict__ out, float* __restrict__ part_acc, float* __restrict__ part_ml,
+                      const int32_t* __restrict__ query_start, const int32_t* __restrict__ seq_lens,
+                      const int32_t* __restrict__ block_tables, int Hq, int Hk, int max_blocks_per_seq,
+                      int block_size, float scale_log2, int splits) {
+  using Shape = TileShape<D>;
+  constexpr int kSteps = D / 16;   // 16-dim mma steps
+  constexpr int kChunks = D / 8;   // 16-byte chunks per K or V row
+  constexpr int kStages = Shape::kStages;
+  extern __shared__ __align__(16) unsigned char smem[];
+
+  const int s = blockIdx.x, split = blockIdx.z;
+  // The three loads are independent, so that their latencies overlap.
+  const int tok = query_start[s], tok_end = query_start[s + 1], L = seq_lens[s];
+  if (tok_end - tok != 1) return;  // decode sequences only (uniform over the block)
+  // Let the split merge's blocks be scheduled now; they wait for this grid's end before reading.
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+  const int G = Hq / Hk;
+  const int head_groups = (G + kBlockHeads - 1) / kBlockHeads;
+  const int kvh = blockIdx.y / head_groups;
+  const int g0 = (blockIdx.y % head_groups) * kBlockHeads;
+  const int nh = min(kBlockHeads, G - g0);
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int gid = lane >> 2, tig = lane & 3;
+  const int32_t* table = block_tables + static_cast<int64_t>(s) * max_blocks_per_seq;
+
+  // This split's keys, in whole tiles; warp w takes tiles w, w + kWarps, ...
+  int per = (L + splits - 1) / splits;
+  per = (per + kTileKeys - 1) / kTileKeys * kTileKeys;
+  const int k_begin = min(L, split * per);
+  const int k_end = min(L, k_begin + per);
+  const int tiles = (k_end - k_begin + kTileKeys - 1) / kTileKeys;
+  const int my_tiles = tiles > warp ? (tiles - warp + kWarps - 1) / kWarps : 0;
+
+  uint32_t qa[kSteps][2];  // A registers of the q.k mma (rows 0..7), raw 16-bit pairs of q
+  {
+    const bool real = gid < nh;
+    const T* qrow = q + (static_cast<int64_t>(tok) * Hq + kvh * G + g0 + (real ? gid : 0)) * D + 2 * tig;
+#pragma unroll
+    for (int kk = 0; kk < kSteps; ++kk) {
+      qa[kk][0] = real ? *reinterpret_cast<const uint32_t*>(qrow + 16 * kk) : 0u;
+      qa[kk][1] = real ? *reinterpret_cast<const uint32_t*>(qrow + 16 * kk + 8) : 0u;
+    }
+  }
+
+  const uint32_t wbase = smem_addr(smem) + warp * Shape::kWarpBytes;
+  // Slot of key (lane & 15) of my tile i, or -1 past the split's end.
+  auto slot_of_tile = [&](int i) -> int {
+    const int key = k_begin + (warp + i * kWarps) * kTileKeys + (lane & 15);
+    return key < k_end ? table[key / block_size] * block_size + key % block_size : -1;
+  };
+  // Starts the copy of my tile i into its stage; `slot` is slot_of_tile(i) of this lane.
+  auto issue = [&](int i, int slot) {
+    const uint32_t kdst = wbase + (i % kStages) * Shape::kTileBytes;
+    const uint32_t vdst = kdst + kTileKeys * Shape::kRowBytes;
+#pragma unroll
+    for (int j = 0; j < kChunks / 2; ++j) {
+      const int idx = lane + 32 * j, r = idx / kChunks, c = idx % kChunks;
+      const int row_slot = __shfl_sync(0xffffffffu, slot, r);
+      const bool ok = row_slot >= 0;
+      const int64_t src = (static_cast<int64_t>(ok ? row_slot : 0) * Hk + kvh) * D + 8 * c;
+      cp_async16(kdst + r * Shape::kRowBytes + 16 * c, k_cache + src, ok);
+      cp_async16(vdst + r * Shape::kRowBytes + 16 * c, v_cache + src, ok);
+    }
+  };
+
+  // Prologue: the first kStages tiles' slots (loads in flight together), kStages - 1 tiles copying.
+  int pre[kStages];
+#pragma unroll
+  for (int j = 0; j < kStages; ++j) pre[j] = j < my_tiles ? slot_of_tile(j) : -1;
+#pragma unroll
+  for (int j = 0; j < kStages - 1; ++j) {
+    if (j < my_tiles) issue(j, pre[j]);
+    cp_async_commit();
+  }
+  int next_slot = pre[kStages - 1];
+
+  float acc[kSteps][4];
+#pragma unroll
+  for (int mt = 0; mt < kSteps; ++mt) acc[mt][0] = acc[mt][1] = acc[mt][2] = acc[mt][3] = 0.0f;
+  float m_run = -INFINITY, l_run = 0.0f;  // head gid: running max (log2 domain), this lane's share of the sum
+  // ldmatrix row address of this lane: matrices (keys 0-7 | 8-15) x (dims +0 | +8).
+  const uint32_t lane_off = ((lane & 7) + ((lane >> 4) << 3)) * Shape::kRowBytes + ((lane >> 3) & 1) * 16;
+
+  for (int i = 0; i < my_tiles; ++i) {
+    const int ahead = i + kStages - 1;
+    if (ahead < my_tiles) issue(ahead, next_slot);
+    // The table read for the tile after that lands while this tile is computed.
+    next_slot = ahead + 1 < my_tiles ? slot_of_tile(ahead + 1) : -1;
+    cp_async_commit();
+    cp_async_wait<kStages - 1>();
+    __syncwarp();
+
+    const uint32_t kb = wbase + (i % kStages) * Shape::kTileBytes + lane_off;
+    const uint32_t vb = kb + kTileKeys * Shape::kRowBytes;
+    // Even and odd dim steps accumulate apart: two mma dependency chains instead of one.
+    float s0[2][4] = {}, s1[2][4] = {};
+#pragma unroll
+    for (int kk = 0; kk < kSteps; ++kk) {
+      uint32_t b[4];
+      ldsm_x4(b, kb + 32 * kk);
+      const uint32_t a[4] = {qa[kk][0], 0u, qa[kk][1], 0u};
+      mma(s0[kk & 1], a, b[0], b[1], T());
+      mma(s1[kk & 1], a, b[2], b[3], T());
+    }
+    const int key = k_begin + (warp + i * kWarps) * kTileKeys + 2 * tig;
+    float x[4] = {s0[0][0] + s0[1][0], s0[0][1] + s0[1][1], s1[0][0] + s1[1][0], s1[0][1] + s1[1][1]};
+#pragma unroll
+    for (int j = 0; j < 4; ++j) x[j] = key + (j & 1) + 8 * (j >> 1) < k_end ? x[j] * scale_log2 : -INFINITY;
+    float mt = fmaxf(fmaxf(x[0], x[1]), fmaxf(x[2], x[3]));
+    mt = fmaxf(mt, __shfl_xor_sync(0xffffffffu, mt, 1));
+    mt = fmaxf(mt, __shfl_xor_sync(0xffffffffu, mt, 2));
+    const float m_new = fmaxf(m_run, mt);
+    const float m_ref = m_new == -INFINITY ? 0.0f : m_new;
+    const float alpha = exp2f(m_run - m_ref);
+    float p[4];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) p[j] = exp2f(x[j] - m_ref);
+    l_run = l_run * alpha + ((p[0] + p[1]) + (p[2] + p[3]));
+    m_run = m_new;
+    // The accumulator's columns are heads 2 tig and 2 tig + 1, whose factors live in lanes 8 tig, 8 tig + 4.
+    const float a_lo = __shfl_sync(0xffffffffu, alpha, 8 * tig);
+    const float a_hi = __shfl_sync(0xffffffffu, alpha, 8 * tig + 4);
+    const uint32_t pb0 = pack2(p[0], p[1], T()), pb1 = pack2(p[2], p[3], T());
+#pragma unroll
+    for (int mt2 = 0; mt2 < kSteps; ++mt2) {
+      acc[mt2][0] *= a_lo;
+      acc[mt2][1] *= a_hi;
+      acc[mt2][2] *= a_lo;
+      acc[mt2][3] *= a_hi;
+      uint32_t a[4];
+      ldsm_x4_trans(a, vb + 32 * mt2);
+      mma(acc[mt2], a, pb0, pb1, T());
+    }
+    __syncwarp();  // every lane is done with this stage before it is refilled
+  }
+  cp_async_wait<0>();
+  l_run += __shfl_xor_sync(0xffffffffu, l_run, 1);
+  l_run += __shfl_xor_sync(0xffffffffu, l_run, 2);
+
+  // Merge the warps' states in shared memory (the pipeline area is free once every warp is here).
+  __syncthreads();
+  constexpr int kStride = Shape::kMergeStride;
+  float* m_s = reinterpret_cast<float*>(smem);
+  float* l_s = m_s + kWarps * kBlockHeads;
+  float* a_s = l_s + kWarps * kBlockHeads;
+  if (tig == 0) {
+    m_s[warp * kBlockHeads + gid] = m_run;
+    l_s[warp * kBlockHeads + gid] = l_run;
+  }
+  {
+    float* w = a_s + warp * kBlockHeads * kStride;
+#pragma unroll
+    for (int mt2 = 0; mt2 < kSteps; ++mt2) {
+      w[(2 * tig) * kStride + 16 * mt2 + gid] = acc[mt2][0];
+      w[(2 * tig + 1) * kStride + 16 * mt2 + gid] = acc[mt2][1];
+      w[(2 * tig) * kStride + 16 * mt2 + gid + 8] = acc[mt2][2];
+      w[(2 * tig + 1) * kStride + 16 * mt2 + gid + 8] = acc[mt2][3];
+    }
+  }
+  __syncthreads();
+  for (int idx = threadIdx.x; idx < nh * D; idx += blockDim.x) {
+    const int g = idx / D, d = idx % D;
+    float M = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) M = fmaxf(M, m_s[w * kBlockHeads + g]);
+    float lsum = 0.0f, o = 0.0f;
+    if (M != -INFINITY) {
+#pragma unroll
+      for (int w = 0; w < kWarps; ++w) {
+        const float mw = m_s[w * kBlockHeads + g];
+        if (mw == -INFINITY) continue;
+        const float f = exp2f(mw - M);
+        lsum += l_s[w * kBlockHeads + g] * f;
+        o += a_s[(w * kBlockHeads + g) * kStride + d] * f;
+      }
+    }
+    const int h = kvh * G + g0 + g;
+    if (splits == 1) {
+      out[(static_cast<int64_t>(tok) * Hq + h) * D + d] = from_f32<T>(lsum > 0.0f ? o / lsum : 0.0f);
+    } else {
+      const int64_t p = (static_cast<int64_t>(s) * Hq + h) * splits + split;
+      part_acc[p * D + d] = o;
+      if (d == 0) {
+        part_ml[p * 2] = M;
+        part_ml[p * 2 + 1] = lsum;
+      }
+    }
+  }
+}
+
+template <typename T, int D>
+cudaError_t run_mma(const DecodeAttentionArgs& a, cudaStream_t stream) {
+  constexpr int smem = TileShape<D>::kSmemBytes;
+  cudaError_t err =
+      cudaFuncSetAttribute(decode_mma_kernel<T, D>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+  if (err != cudaSuccess) return err;
+  const int G = a.num_heads / a.num_kv_heads;
+  const int head_groups = (G + kBlockHeads - 1) / kBlockHeads;
+  dim3 grid(a.num_seqs, a.num_kv_heads * head_groups, a.num_splits);
+  decode_mma_kernel<T, D><<<grid, kWarps * 32, smem, stream>>>(
+      static_cast<const T*>(a.q), static_cast<const T*>(a.k_cache), static_cast<const T*>(a.v_cache),
+      static_cast<T*>(a.out), a.part_acc, a.part_ml, a.query_start, a.seq_lens, a.block_tables, a.num_heads,
+      a.num_kv_heads, a.max_blocks_per_seq, a.block_size, a.scale * 1.4426950408889634f, a.num_splits);
+  return cudaGetLastError();
+}
+
+// ---- general path: F32 and head sizes that are not a multiple of 16 (CUDA cores) ----
+
+using attn::kRowsPerWarp;
+constexpr int kGenericWarps = 4;
 
 template <typename T>
 size_t decode_smem_bytes(int D, int tile_keys) {
@@ -17,8 +308,8 @@ size_t decode_smem_bytes(int D, int tile_keys) {
 }
 
 template <typename T>
-__global__ void __launch_bounds__(kWarps * 32)
-    decode_kernel(const T* __restrict__ q, const T* __restrict__ k_cache, const T* __restrict__ v_cache,
+__global__ void __launch_bounds__(kGenericWarps * 32)
+    decode_generic_kernel(const T* __restrict__ q, const T* __restrict__ k_cache, const T* __restrict__ v_cache,
                   T* __restrict__ out, float* __restrict__ part_acc, float* __restrict__ part_ml,
                   const int32_t* __restrict__ query_start, const int32_t* __restrict__ seq_lens,
                   const int32_t* __restrict__ block_tables, int Hq, int Hk, int D, int max_blocks_per_seq,
@@ -53,7 +344,7 @@ __global__ void __launch_bounds__(kWarps * 32)
   per = (per + tile_keys - 1) / tile_keys * tile_keys;
   const int k_begin = split * per;
   const int k_end = min(L, k_begin + per);
-  const int sub = tile_keys / kWarps;
+  const int sub = tile_keys / kGenericWarps;
 
   attn::WarpRows st;
   st.init();
@@ -71,8 +362,8 @@ __global__ void __launch_bounds__(kWarps * 32)
   // Merge the warps' states (the tile area is free now).
   __syncthreads();
   float* m_s = reinterpret_cast<float*>(k_s);
-  float* l_s = m_s + kWarps * kRowsPerWarp;
-  float* a_s = l_s + kWarps * kRowsPerWarp;
+  float* l_s = m_s + kGenericWarps * kRowsPerWarp;
+  float* a_s = l_s + kGenericWarps * kRowsPerWarp;
   if (lane == 0) {
 #pragma unroll
     for (int r = 0; r < kRowsPerWarp; ++r) {
@@ -92,10 +383,10 @@ __global__ void __launch_bounds__(kWarps * 32)
     int r = idx / D, d = idx % D, g = grp * kRowsPerWarp + r;
     if (g >= G) continue;
     float M = -INFINITY;
-    for (int w = 0; w < kWarps; ++w) M = fmaxf(M, m_s[w * kRowsPerWarp + r]);
+    for (int w = 0; w < kGenericWarps; ++w) M = fmaxf(M, m_s[w * kRowsPerWarp + r]);
     float lsum = 0.0f, acc = 0.0f;
     if (M != -INFINITY) {
-      for (int w = 0; w < kWarps; ++w) {
+      for (int w = 0; w < kGenericWarps; ++w) {
         float mw = m_s[w * kRowsPerWarp + r];
         if (mw == -INFINITY) continue;
         float f = exp2f(mw - M);
@@ -118,60 +409,138 @@ __global__ void __launch_bounds__(kWarps * 32)
 }
 
 template <typename T>
-__global__ void combine_kernel(const float* __restrict__ part_acc, const float* __restrict__ part_ml,
-                               const int32_t* __restrict__ query_start, T* __restrict__ out, int Hq, int D,
-                               int splits) {
-  const int s = blockIdx.x, h = blockIdx.y;
-  const int tok = query_start[s];
-  if (query_start[s + 1] - tok != 1) return;
-  const int64_t p0 = (static_cast<int64_t>(s) * Hq + h) * splits;
-  float M = -INFINITY;
-  for (int k = 0; k < splits; ++k) M = fmaxf(M, part_ml[(p0 + k) * 2]);
-  for (int d = threadIdx.x; d < D; d += blockDim.x) {
-    float lsum = 0.0f, acc = 0.0f;
-    if (M != -INFINITY) {
-      for (int k = 0; k < splits; ++k) {
-        float mk = part_ml[(p0 + k) * 2];
-        if (mk == -INFINITY) continue;
-        float f = exp2f(mk - M);
-        lsum += part_ml[(p0 + k) * 2 + 1] * f;
-        acc += part_acc[(p0 + k) * D + d] * f;
-      }
-    }
-    out[(static_cast<int64_t>(tok) * Hq + h) * D + d] = from_f32<T>(lsum > 0.0f ? acc / lsum : 0.0f);
-  }
-}
-
-template <typename T>
-cudaError_t run_decode(const DecodeAttentionArgs& a, cudaStream_t stream) {
+cudaError_t run_generic(const DecodeAttentionArgs& a, cudaStream_t stream) {
   int tile_keys = 128;
   if (decode_smem_bytes<T>(a.head_dim, tile_keys) > 200 * 1024) tile_keys = 64;
   size_t smem = decode_smem_bytes<T>(a.head_dim, tile_keys) + 64;
-  cudaError_t err = cudaFuncSetAttribute(decode_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+  cudaError_t err = cudaFuncSetAttribute(decode_generic_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                          static_cast<int>(smem));
   if (err != cudaSuccess) return err;
   const int G = a.num_heads / a.num_kv_heads;
   const int ngroups = (G + kRowsPerWarp - 1) / kRowsPerWarp;
   dim3 grid(a.num_seqs, a.num_kv_heads * ngroups, a.num_splits);
-  decode_kernel<T><<<grid, kWarps * 32, smem, stream>>>(
+  decode_generic_kernel<T><<<grid, kGenericWarps * 32, smem, stream>>>(
       static_cast<const T*>(a.q), static_cast<const T*>(a.k_cache), static_cast<const T*>(a.v_cache),
       static_cast<T*>(a.out), a.part_acc, a.part_ml, a.query_start, a.seq_lens, a.block_tables, a.num_heads,
       a.num_kv_heads, a.head_dim, a.max_blocks_per_seq, a.block_size, a.scale * 1.4426950408889634f, a.num_splits,
       tile_keys);
-  err = cudaGetLastError();
-  if (err != cudaSuccess || a.num_splits == 1) return err;
-  combine_kernel<T><<<dim3(a.num_seqs, a.num_heads), 128, 0, stream>>>(a.part_acc, a.part_ml, a.query_start,
-                                                                       static_cast<T*>(a.out), a.num_heads,
-                                                                       a.head_dim, a.num_splits);
   return cudaGetLastError();
+}
+
+// ---- split merge ----
+
+// One block per (sequence, query head). The splits' weights exp2(m_k - M) are computed once, in
+// parallel over the splits; then groups of threads sum a share of the splits for every dim, with
+// eight loads in flight per thread, and the groups' sums are added in shared memory.
+constexpr int kCombineThreads = 256;
+
+template <typename T>
+__global__ void __launch_bounds__(kCombineThreads)
+    combine_kernel(const float* __restrict__ part_acc, const float* __restrict__ part_ml,
+                   const int32_t* __restrict__ query_start, T* __restrict__ out, int Hq, int D, int splits) {
+  extern __shared__ float smem_f[];  // m_k then l_k, later w_k [splits]; group sums [groups][D]
+  __shared__ float scratch[32];
+  float* m_s = smem_f;
+  float* l_s = m_s + splits;
+  float* g_s = l_s + splits;
+  const int s = blockIdx.x, h = blockIdx.y;
+  const int tok = query_start[s];
+  const bool decode = query_start[s + 1] - tok == 1;
+  // Launched as a programmatic dependent of the decode kernel: the metadata above may be read
+  // early, the partials only after this wait (a no-op for a plain launch).
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+  if (!decode) return;
+  const int64_t p0 = (static_cast<int64_t>(s) * Hq + h) * splits;
+  const float2* ml = reinterpret_cast<const float2*>(part_ml) + p0;
+  float m = -INFINITY;
+  for (int k = threadIdx.x; k < splits; k += blockDim.x) {
+    const float2 v = ml[k];
+    m_s[k] = v.x;
+    l_s[k] = v.y;
+    m = fmaxf(m, v.x);
+  }
+  const float M = block_max(m, scratch);
+  float l = 0.0f;
+  for (int k = threadIdx.x; k < splits; k += blockDim.x) {
+    const float mk = m_s[k];
+    const float w = mk == -INFINITY ? 0.0f : exp2f(mk - M);
+    l += w * l_s[k];
+    m_s[k] = w;
+  }
+  const float lsum = block_sum(l, scratch);  // its barriers also publish the weights
+  const int groups = blockDim.x / D;
+  const int grp = threadIdx.x / D, d = threadIdx.x % D;
+  if (grp < groups) {
+    const float* src = part_acc + p0 * D + d;
+    float o = 0.0f;
+    for (int k0 = grp; k0 < splits; k0 += 8 * groups) {
+      float v[8];
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        const int k = k0 + j * groups;
+        v[j] = k < splits ? src[static_cast<int64_t>(k) * D] : 0.0f;
+      }
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        const int k = k0 + j * groups;
+        if (k < splits) o = fmaf(m_s[k], v[j], o);
+      }
+    }
+    g_s[grp * D + d] = o;
+  }
+  __syncthreads();
+  const float inv = lsum > 0.0f ? 1.0f / lsum : 0.0f;
+  for (int dd = threadIdx.x; dd < D; dd += blockDim.x) {
+    float o = 0.0f;
+    for (int g = 0; g < groups; ++g) o += g_s[g * D + dd];
+    out[(static_cast<int64_t>(tok) * Hq + h) * D + dd] = from_f32<T>(o * inv);
+  }
+}
+
+template <typename T>
+cudaError_t run_combine(const DecodeAttentionArgs& a, cudaStream_t stream) {
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = dim3(a.num_seqs, a.num_heads);
+  cfg.blockDim = dim3(kCombineThreads);
+  cfg.dynamicSmemBytes = sizeof(float) * (2 * a.num_splits + kCombineThreads);
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[1];  // programmatic dependent launch: hides this launch behind the decode kernel
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  return cudaLaunchKernelEx(&cfg, combine_kernel<T>, static_cast<const float*>(a.part_acc),
+                            static_cast<const float*>(a.part_ml), a.query_start, static_cast<T*>(a.out), a.num_heads,
+                            a.head_dim, a.num_splits);
+}
+
+template <typename T>
+cudaError_t run_decode(const DecodeAttentionArgs& a, cudaStream_t stream) {
+  cudaError_t err = cudaErrorInvalidValue;
+  bool done = false;
+  if constexpr (!std::is_same_v<T, float>) {
+    done = true;
+    switch (a.head_dim) {
+      case 64: err = run_mma<T, 64>(a, stream); break;
+      case 80: err = run_mma<T, 80>(a, stream); break;
+      case 96: err = run_mma<T, 96>(a, stream); break;
+      case 128: err = run_mma<T, 128>(a, stream); break;
+      case 256: err = run_mma<T, 256>(a, stream); break;
+      default: done = false;
+    }
+  }
+  if (!done) err = run_generic<T>(a, stream);
+  if (err != cudaSuccess || a.num_splits == 1) return err;
+  return run_combine<T>(a, stream);
 }
 
 }  // namespace
 
 cudaError_t launch_paged_attention_decode(const DecodeAttentionArgs& args, DType dtype, cudaStream_t stream) {
   if (args.num_seqs == 0) return cudaSuccess;
-  if (args.head_dim > attn::kMaxHeadDim || args.num_kv_heads <= 0 || args.num_heads % args.num_kv_heads != 0 ||
-      args.num_splits < 1 || (args.num_splits > 1 && (!args.part_acc || !args.part_ml)))
+  if (args.head_dim <= 0 || args.head_dim > attn::kMaxHeadDim || args.num_kv_heads <= 0 ||
+      args.num_heads % args.num_kv_heads != 0 || args.num_splits < 1 || args.num_splits > 4096 ||
+      (args.num_splits > 1 && (!args.part_acc || !args.part_ml)))
     return cudaErrorInvalidValue;
   EMBER_DISPATCH_FLOAT(dtype, return run_decode<scalar_t>(args, stream));
   return cudaSuccess;
