@@ -104,8 +104,9 @@ __global__ void __launch_bounds__(kWarps * 32)
   // The three loads are independent, so that their latencies overlap.
   const int tok = query_start[s], tok_end = query_start[s + 1], L = seq_lens[s];
   if (tok_end - tok != 1) return;  // decode sequences only (uniform over the block)
-  // Let the split merge's blocks be scheduled now; they wait for this grid's end before reading.
-  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+  // Let the split merge's (or the next layer's) blocks be scheduled now; they wait for this grid's
+  // end before reading what it writes.
+  pdl_release();
   const int G = Hq / Hk;
   const int head_groups = (G + kBlockHeads - 1) / kBlockHeads;
   const int kvh = blockIdx.y / head_groups;
@@ -122,17 +123,6 @@ __global__ void __launch_bounds__(kWarps * 32)
   const int k_end = min(L, k_begin + per);
   const int tiles = (k_end - k_begin + kTileKeys - 1) / kTileKeys;
   const int my_tiles = tiles > warp ? (tiles - warp + kWarps - 1) / kWarps : 0;
-
-  uint32_t qa[kSteps][2];  // A registers of the q.k mma (rows 0..7), raw 16-bit pairs of q
-  {
-    const bool real = gid < nh;
-    const T* qrow = q + (static_cast<int64_t>(tok) * Hq + kvh * G + g0 + (real ? gid : 0)) * D + 2 * tig;
-#pragma unroll
-    for (int kk = 0; kk < kSteps; ++kk) {
-      qa[kk][0] = real ? *reinterpret_cast<const uint32_t*>(qrow + 16 * kk) : 0u;
-      qa[kk][1] = real ? *reinterpret_cast<const uint32_t*>(qrow + 16 * kk + 8) : 0u;
-    }
-  }
 
   const uint32_t wbase = smem_addr(smem) + warp * Shape::kWarpBytes;
   // Slot of key (lane & 15) of my tile i, or -1 past the split's end.
@@ -159,6 +149,20 @@ __global__ void __launch_bounds__(kWarps * 32)
   int pre[kStages];
 #pragma unroll
   for (int j = 0; j < kStages; ++j) pre[j] = j < my_tiles ? slot_of_tile(j) : -1;
+  // Metadata and page tables come from the step upload; q and this step's K/V row come from the
+  // kernel before this one, which may still be finishing (launch_chained).
+  pdl_wait();
+  uint32_t qa[kSteps][2];  // A registers of the q.k mma (rows 0..7), raw 16-bit pairs of q
+  {
+    const bool real = gid < nh;
+    const T* qrow = q + (static_cast<int64_t>(tok) * Hq + kvh * G + g0 + (real ? gid : 0)) * D + 2 * tig;
+#pragma unroll
+    for (int kk = 0; kk < kSteps; ++kk) {
+      qa[kk][0] = real ? *reinterpret_cast<const uint32_t*>(qrow + 16 * kk) : 0u;
+      qa[kk][1] = real ? *reinterpret_cast<const uint32_t*>(qrow + 16 * kk + 8) : 0u;
+    }
+  }
+
 #pragma unroll
   for (int j = 0; j < kStages - 1; ++j) {
     if (j < my_tiles) issue(j, pre[j]);
@@ -289,11 +293,11 @@ cudaError_t run_mma(const DecodeAttentionArgs& a, cudaStream_t stream) {
   const int G = a.num_heads / a.num_kv_heads;
   const int head_groups = (G + kBlockHeads - 1) / kBlockHeads;
   dim3 grid(a.num_seqs, a.num_kv_heads * head_groups, a.num_splits);
-  decode_mma_kernel<T, D><<<grid, kWarps * 32, smem, stream>>>(
-      static_cast<const T*>(a.q), static_cast<const T*>(a.k_cache), static_cast<const T*>(a.v_cache),
-      static_cast<T*>(a.out), a.part_acc, a.part_ml, a.query_start, a.seq_lens, a.block_tables, a.num_heads,
-      a.num_kv_heads, a.max_blocks_per_seq, a.block_size, a.scale * 1.4426950408889634f, a.num_splits);
-  return cudaGetLastError();
+  return launch_chained<decode_mma_kernel<T, D>>(
+      grid, dim3(kWarps * 32), smem, stream, static_cast<const T*>(a.q), static_cast<const T*>(a.k_cache),
+      static_cast<const T*>(a.v_cache), static_cast<T*>(a.out), a.part_acc, a.part_ml, a.query_start, a.seq_lens,
+      a.block_tables, a.num_heads, a.num_kv_heads, a.max_blocks_per_seq, a.block_size,
+      a.scale * 1.4426950408889634f, a.num_splits);
 }
 
 // ---- general path: F32 and head sizes that are not a multiple of 16 (CUDA cores) ----
@@ -448,7 +452,7 @@ __global__ void __launch_bounds__(kCombineThreads)
   const bool decode = query_start[s + 1] - tok == 1;
   // Launched as a programmatic dependent of the decode kernel: the metadata above may be read
   // early, the partials only after this wait (a no-op for a plain launch).
-  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+  pdl_wait();
   if (!decode) return;
   const int64_t p0 = (static_cast<int64_t>(s) * Hq + h) * splits;
   const float2* ml = reinterpret_cast<const float2*>(part_ml) + p0;
@@ -499,19 +503,12 @@ __global__ void __launch_bounds__(kCombineThreads)
 
 template <typename T>
 cudaError_t run_combine(const DecodeAttentionArgs& a, cudaStream_t stream) {
-  cudaLaunchConfig_t cfg{};
-  cfg.gridDim = dim3(a.num_seqs, a.num_heads);
-  cfg.blockDim = dim3(kCombineThreads);
-  cfg.dynamicSmemBytes = sizeof(float) * (2 * a.num_splits + kCombineThreads);
-  cfg.stream = stream;
-  cudaLaunchAttribute attr[1];  // programmatic dependent launch: hides this launch behind the decode kernel
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = 1;
-  cfg.attrs = attr;
-  cfg.numAttrs = 1;
-  return cudaLaunchKernelEx(&cfg, combine_kernel<T>, static_cast<const float*>(a.part_acc),
-                            static_cast<const float*>(a.part_ml), a.query_start, static_cast<T*>(a.out), a.num_heads,
-                            a.head_dim, a.num_splits);
+  // A programmatic dependent of the decode kernel: its launch hides behind that kernel.
+  return launch_chained<combine_kernel<T>>(dim3(a.num_seqs, a.num_heads), dim3(kCombineThreads),
+                                           sizeof(float) * (2 * a.num_splits + kCombineThreads), stream,
+                                           static_cast<const float*>(a.part_acc), static_cast<const float*>(a.part_ml),
+                                           a.query_start, static_cast<T*>(a.out), a.num_heads, a.head_dim,
+                                           a.num_splits);
 }
 
 template <typename T>
