@@ -83,8 +83,8 @@ def main() -> None:
         )
     best = max(rows, key=lambda r: r["tok_s"])
     print(
-        f"best: chunk {best['chunk_size']} edge {best['edge_chunk_size']} ({best['speedup']:.2f}x); "
-        f"{time.perf_counter() - t0:.0f} s"
+        f"best: chunk {best['chunk_size']} edge {best['edge_chunk_size']} "
+        f"({best['speedup']:.2f}x); {time.perf_counter() - t0:.0f} s"
     )
     if args.json:
         args.json.write_text(
