@@ -28,6 +28,19 @@ def kernel_events(prof: Any) -> list[tuple[float, float, str]]:
     return out
 
 
+def runtime_calls(prof: Any, steps: int) -> dict[str, Any]:
+    """CUDA runtime calls of every thread (CUPTI records them too): count and µs per step."""
+    calls: dict[str, list[float]] = defaultdict(list)
+    for e in prof.events():
+        if e.device_type.name == "CPU" and e.name.startswith("cuda"):
+            calls[e.name].append(e.time_range.end - e.time_range.start)
+    rows = sorted(((n, len(d), sum(d)) for n, d in calls.items()), key=lambda r: -r[2])
+    print(f"{'runtime call':<40} {'n/step':>7} {'µs/step':>9} {'µs each':>8}")
+    for n, c, t in rows[:12]:
+        print(f"{n[:40]:<40} {c / steps:7.1f} {t / steps:9.1f} {t / c:8.2f}")
+    return {n: {"per_step": c / steps, "us_per_step": t / steps} for n, c, t in rows}
+
+
 def summarize(events: list[tuple[float, float, str]], steps: int, label: str) -> dict[str, Any]:
     if not events:
         return {"label": label, "kernels": 0}
@@ -103,7 +116,7 @@ def main() -> None:
     llm.generate([prompt(args.depth, 1)], sp)  # warm-up: graphs captured here
     llm.generate([prompt(args.depth, 2)], sp)
     results = []
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         t0 = time.perf_counter()
         out = llm.generate([prompt(args.depth, 3)], sp)
         wall = time.perf_counter() - t0
@@ -111,11 +124,13 @@ def main() -> None:
     print(f"decode: {rate:.1f} tok/s reported, wall {wall * 1e3:.1f} ms for {args.gen} tokens")
     ev = kernel_events(prof)
     # The prompt is a single token, so nearly every kernel here belongs to a decode step.
+    calls = runtime_calls(prof, args.gen)
     results.append(
         summarize(
             ev, args.gen, f"decode d{args.depth} ({'no ' if args.no_cuda_graphs else ''}graphs)"
         )
     )
+    results[-1]["runtime_calls"] = calls
     if args.prompt:
         llm.generate([prompt(args.prompt, 4)], SamplingParams(max_tokens=1, ignore_eos=True))
         with profile(activities=[ProfilerActivity.CUDA]) as prof:

@@ -160,7 +160,7 @@ void Engine::Impl::validate_options() {
   if (opts_.chunk_size < 0) throw InvalidArgument("chunk_size must be >= 1 (or 0 for automatic), got " + std::to_string(opts_.chunk_size));
   // Pipelines: the bulk of a long prompt in chunks of kPipelineChunk, the first and last of
   // kPipelineEdgeChunk, so that stages overlap without running at a small chunk's efficiency.
-  constexpr int32_t kPipelineChunk = 2048, kPipelineEdgeChunk = 512;
+  constexpr int32_t kPipelineChunk = 1024, kPipelineEdgeChunk = 512;
   const bool auto_chunk = opts_.chunk_size == 0;
   const bool pipeline = opts_.devices.size() > 1;
   if (auto_chunk) opts_.chunk_size = pipeline ? kPipelineChunk : opts_.max_num_batched_tokens;

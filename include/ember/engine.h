@@ -24,7 +24,7 @@ struct EngineOptions {
   int32_t block_size = 16;
   int32_t max_num_seqs = 256;
   int32_t max_num_batched_tokens = 0;       // token budget of one step; 0 = 2048 on CPUs, 8192 on GPUs
-  // Longest prefill chunk of one sequence in a step; 0 = the whole budget on one stage, 512 with
+  // Longest prefill chunk of one sequence in a step; 0 = the whole budget on one stage, 1024 with
   // several stages (small chunks keep every stage busy while a long prompt flows through).
   int32_t chunk_size = 0;
   // A prompt's first and last chunks when smaller than chunk_size (pipelines fill and drain on
