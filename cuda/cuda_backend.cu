@@ -620,6 +620,16 @@ void CudaBackendImpl::attention(const Tensor& q, const Tensor& k_cache, const Te
     auto a = paged_attention_args<PrefillMmaArgs>(q, k_cache, v_cache, out, step, Hq, Hk, D, scale);
     a.num_seqs = step.num_seqs;
     a.num_tiles = static_cast<int>(tiles);
+    // Graphs capture decode steps only; a captured prefill keeps to one split, since growing the
+    // workspace waits for the stream. Eagerly, ensure() waits before freeing a smaller workspace.
+    a.num_splits = capturing_ ? 1 : prefill_attention_mma_splits(a.num_tiles, Hk, step.max_seq_len);
+    if (a.num_splits > 1) {
+      const size_t per = static_cast<size_t>(step.num_tokens) * Hq * a.num_splits;
+      char* ws = static_cast<char*>(
+          attn_partials_.ensure(*arena_, stream_, per * (D + 2) * sizeof(float), "attention split-K partials"));
+      a.part_acc = reinterpret_cast<float*>(ws);
+      a.part_ml = reinterpret_cast<float*>(ws + per * D * sizeof(float));
+    }
     EMBER_CUDA_CHECK_OP("attention (prefill, tensor cores)", launch_prefill_attention_mma(a, q.dtype, stream_));
     return;
   }

@@ -113,9 +113,12 @@ constexpr int kPrefillRowsPerTile = 16;
 cudaError_t launch_prefill_attention(const PrefillAttentionArgs& args, DType dtype, cudaStream_t stream);
 
 // Tensor-core causal prefill (F16/BF16 with head_dim 64 or 128; others use launch_prefill_attention):
-// one block per (tile of kPrefillMmaRows (query, head-in-group) rows of one sequence, kv head). The
-// tiles are numbered over the sequences in order, each sequence taking ceil(chunk * group / rows).
+// one block per (tile of kPrefillMmaRows (query, head-in-group) rows of one sequence, kv head, key
+// split). The tiles are numbered over the sequences in order, each sequence taking
+// ceil(chunk * group / rows). With num_splits > 1 each block walks a share of its tile's keys and
+// leaves partial softmax states in part_acc/part_ml; a second kernel merges them into out.
 constexpr int kPrefillMmaRows = 128;
+constexpr int kPrefillMmaMaxSplits = 64;
 bool prefill_attention_mma_supported(DType dtype, int head_dim);
 struct PrefillMmaArgs {
   const void* q;        // [T, Hq, D]
@@ -125,9 +128,15 @@ struct PrefillMmaArgs {
   const int32_t* query_start;
   const int32_t* seq_lens;
   const int32_t* block_tables;
+  float* part_acc;      // [T, Hq, num_splits, D] when num_splits > 1
+  float* part_ml;       // [T, Hq, num_splits, 2]
   int num_seqs, num_tiles, num_heads, num_kv_heads, head_dim, max_blocks_per_seq, block_size;
+  int num_splits;       // 1 .. kPrefillMmaMaxSplits; 1 writes out directly
   float scale;
 };
+// The split count for num_tiles tiles (counted as above) whose longest sequence, past included,
+// has max_seq_len keys, on the current device; the partials then take T * Hq * splits * (D + 2) floats.
+int prefill_attention_mma_splits(int num_tiles, int num_kv_heads, int max_seq_len);
 cudaError_t launch_prefill_attention_mma(const PrefillMmaArgs& args, DType dtype, cudaStream_t stream);
 // For the tests and the benchmark: the kernel shapes compiled in; shape -1 is the one
 // launch_prefill_attention_mma picks.

@@ -4,9 +4,13 @@
 // Its warps form one or two groups; each group covers all the rows, 16 or 32 per warp, and takes
 // every other K/V tile, gathered page by page from the paged cache with cp.async into its own
 // stages and folded in with an fp32 online softmax; two groups' partial results are merged at the end.
-// Several block shapes are compiled; the launcher picks one by the number of blocks.
+// Several block shapes are compiled; the launcher picks one by the number of blocks. A short chunk
+// over a long past gives few blocks that each walk many keys: the keys are then split over several
+// blocks, which leave unnormalised partial states for a small merge kernel.
 #include "kernels/common.cuh"
 #include "kernels/launchers.h"
+
+#include <algorithm>
 
 namespace ember::cuda {
 namespace {
@@ -190,9 +194,10 @@ __device__ void locate_tile(const int32_t* __restrict__ query_start, int num_seq
 template <typename T, int D, class S>
 __global__ void __launch_bounds__(S::kThreads, S::template min_blocks<D>())
     prefill_mma_kernel(const T* __restrict__ q, const T* __restrict__ k_cache, const T* __restrict__ v_cache,
-                       T* __restrict__ out, const int32_t* __restrict__ query_start,
-                       const int32_t* __restrict__ seq_lens, const int32_t* __restrict__ block_tables, int num_seqs,
-                       int num_tiles, int Hq, int Hk, int max_blocks_per_seq, int block_size, float scale_log2) {
+                       T* __restrict__ out, float* __restrict__ part_acc, float* __restrict__ part_ml,
+                       const int32_t* __restrict__ query_start, const int32_t* __restrict__ seq_lens,
+                       const int32_t* __restrict__ block_tables, int num_seqs, int num_tiles, int num_splits, int Hq,
+                       int Hk, int max_blocks_per_seq, int block_size, float scale_log2) {
   constexpr int kMT = S::kMT, kKeys = S::kKeys, kStages = S::kStages, kGroups = S::kGroups;
   constexpr int kGroupThreads = S::kGroupThreads;
   constexpr int kChunks = D / 8;  // 16-byte chunks per row
@@ -205,9 +210,12 @@ __global__ void __launch_bounds__(S::kThreads, S::template min_blocks<D>())
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int group = warp / S::kGroupWarps, gwarp = warp % S::kGroupWarps, gtid = tid % kGroupThreads;
   const int G = Hq / Hk;
+  // The merge kernel may be scheduled once every block has started: it waits for the partials.
+  if (num_splits > 1) pdl_release();
   const int kvh = blockIdx.x % Hk;
+  const int split = static_cast<int>(blockIdx.x / Hk) % num_splits;
   // Later tiles of a sequence see more keys: hand them out first so the short ones fill the tail.
-  const int tile = num_tiles - 1 - static_cast<int>(blockIdx.x / Hk);
+  const int tile = num_tiles - 1 - static_cast<int>(blockIdx.x / Hk / num_splits);
   if (warp == 0) locate_tile(query_start, num_seqs, G, tile, &tile_seq, &tile_row0);
   __syncthreads();
   const int s = tile_seq, row0 = tile_row0;
@@ -218,7 +226,12 @@ __global__ void __launch_bounds__(S::kThreads, S::template min_blocks<D>())
   const int last_flat = min(nrows, row0 + kRows) - 1;
   const int k_end = past + last_flat / G + 1;  // keys [0, k_end) are visible to some row of the tile
   const int n_tiles = (k_end + kKeys - 1) / kKeys;
-  const int my_tiles = (n_tiles - group + kGroups - 1) / kGroups;  // this group's: group, group + kGroups, ...
+  // This split's key tiles [t_begin, t_end): a near-equal share, possibly none. Rows that see none
+  // of its keys keep m = -inf, l = 0, o = 0, which the merge weighs by zero.
+  const int t_begin = static_cast<int>(static_cast<int64_t>(split) * n_tiles / num_splits);
+  const int t_end = static_cast<int>(static_cast<int64_t>(split + 1) * n_tiles / num_splits);
+  // This group's: t_begin + group, t_begin + group + kGroups, ...
+  const int my_tiles = (t_end - t_begin - group + kGroups - 1) / kGroups;
   const int32_t* table = block_tables + static_cast<int64_t>(s) * max_blocks_per_seq;
   T* my_kv = kv_s + group * kStages * kStageElems;
 
@@ -241,7 +254,7 @@ __global__ void __launch_bounds__(S::kThreads, S::template min_blocks<D>())
   const T* v_src = v_cache + kvh * D + part * 8;
   const int64_t slot_stride = static_cast<int64_t>(Hk) * D;
   auto load_kv = [&](int j) {
-    const int t = (j * kGroups + group) * kKeys + jr;
+    const int t = (t_begin + j * kGroups + group) * kKeys + jr;
     T* ks = my_kv + (j % kStages) * kStageElems + jr * D;
     T* vs = ks + kKeys * D;
     const bool ok = t < k_end;  // keys past the end are zero-filled (and masked)
@@ -310,7 +323,7 @@ __global__ void __launch_bounds__(S::kThreads, S::template min_blocks<D>())
     }
     if (j + kStages - 1 < my_tiles) load_kv(j + kStages - 1);
     cp_async_commit();
-    const int t0 = (j * kGroups + group) * kKeys;
+    const int t0 = (t_begin + j * kGroups + group) * kKeys;
     if (t0 > warp_max_lim) continue;  // the whole tile is above this warp's diagonal
     const T* ks = my_kv + (j % kStages) * kStageElems;
     const T* vs = ks + kKeys * D;
@@ -440,6 +453,7 @@ __global__ void __launch_bounds__(S::kThreads, S::template min_blocks<D>())
         a0[h] = fast_exp2(m[mt][h] - base);
         a1[h] = fast_exp2(ml.x - base);
         l[mt][h] = l[mt][h] * a0[h] + ml.y * a1[h];
+        m[mt][h] = mnew;  // o and l are now relative to it (a split's partial state)
       }
 #pragma unroll
       for (int nd = 0; nd < D / 8; ++nd) {
@@ -459,15 +473,71 @@ __global__ void __launch_bounds__(S::kThreads, S::template min_blocks<D>())
       float sum = l[mt][h];
       sum += __shfl_xor_sync(0xffffffffu, sum, 1);
       sum += __shfl_xor_sync(0xffffffffu, sum, 2);
-      const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
       const int flat = row0 + ra + 16 * mt + 8 * h;
       if (flat >= nrows) continue;
-      T* orow = out + (static_cast<int64_t>(q0 + flat / G) * Hq + kvh * G + flat % G) * D + (lane & 3) * 2;
+      const int64_t row = static_cast<int64_t>(q0 + flat / G) * Hq + kvh * G + flat % G;
+      if (num_splits > 1) {  // the unnormalised state; m is the same in the four lanes of the row
+        const int64_t p = row * num_splits + split;
+        float* prow = part_acc + p * D + (lane & 3) * 2;
+#pragma unroll
+        for (int nd = 0; nd < D / 8; ++nd)
+          *reinterpret_cast<float2*>(prow + nd * 8) = make_float2(o[mt][nd][2 * h], o[mt][nd][2 * h + 1]);
+        if ((lane & 3) == 0) *reinterpret_cast<float2*>(part_ml + p * 2) = make_float2(m[mt][h], sum);
+        continue;
+      }
+      const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
+      T* orow = out + row * D + (lane & 3) * 2;
 #pragma unroll
       for (int nd = 0; nd < D / 8; ++nd)
         *reinterpret_cast<uint32_t*>(orow + nd * 8) =
             pack2<T>(o[mt][nd][2 * h] * inv, o[mt][nd][2 * h + 1] * inv);
     }
+}
+
+// The splits of one row weighed by exp2(m_k - max m) and summed: out = sum w_k o_k / sum w_k l_k.
+// Block (tile, kv head, y) merges kMergeRows rows of the tile, D / 4 threads a row, a float4 each.
+constexpr int kMergeThreads = 256;
+
+template <typename T, int D>
+__global__ void __launch_bounds__(kMergeThreads)
+    prefill_merge_kernel(const float* __restrict__ part_acc, const float* __restrict__ part_ml, T* __restrict__ out,
+                         const int32_t* __restrict__ query_start, int num_seqs, int num_tiles, int num_splits, int Hq,
+                         int Hk) {
+  constexpr int kRowThreads = D / 4;
+  constexpr int kMergeRows = kMergeThreads / kRowThreads;
+  static_assert(kRows % kMergeRows == 0, "whole row slices per tile");
+  __shared__ int tile_seq, tile_row0;
+  const int kvh = blockIdx.x % Hk;
+  const int tile = blockIdx.x / Hk;
+  // The metadata comes from the host, not from the attention kernel: read it before the wait.
+  if (threadIdx.x < 32) locate_tile(query_start, num_seqs, Hq / Hk, tile, &tile_seq, &tile_row0);
+  __syncthreads();
+  const int s = tile_seq, G = Hq / Hk;
+  const int q0 = query_start[s];
+  const int nrows = (query_start[s + 1] - q0) * G;
+  const int flat = tile_row0 + blockIdx.y * kMergeRows + threadIdx.x / kRowThreads;
+  const int c = threadIdx.x % kRowThreads;
+  pdl_wait();  // the partials are written by the attention kernel before this one
+  if (flat >= nrows) return;
+  const int64_t row = static_cast<int64_t>(q0 + flat / G) * Hq + kvh * G + flat % G;
+  const float2* ml = reinterpret_cast<const float2*>(part_ml) + row * num_splits;
+  const float4* acc = reinterpret_cast<const float4*>(part_acc + row * num_splits * D) + c;
+  float mx = -INFINITY;
+  for (int k = 0; k < num_splits; ++k) mx = fmaxf(mx, ml[k].x);
+  float sum = 0.0f;
+  float4 o = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+  for (int k = 0; k < num_splits; ++k) {
+    const float2 v = ml[k];
+    const float w = v.x == -INFINITY ? 0.0f : exp2f(v.x - mx);  // a split that saw no key of the row
+    const float4 x = acc[k * kRowThreads];
+    sum = fmaf(w, v.y, sum);
+    o.x = fmaf(w, x.x, o.x);
+    o.y = fmaf(w, x.y, o.y);
+    o.z = fmaf(w, x.z, o.z);
+    o.w = fmaf(w, x.w, o.w);
+  }
+  const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
+  *reinterpret_cast<uint2*>(out + row * D + c * 4) = make_uint2(pack2<T>(o.x * inv, o.y * inv), pack2<T>(o.z * inv, o.w * inv));
 }
 
 template <typename T, int D, class S>
@@ -477,12 +547,20 @@ cudaError_t run_mma(const PrefillMmaArgs& a, cudaStream_t stream) {
                                          static_cast<int>(smem));
   if (err != cudaSuccess) return err;
   const int64_t blocks = static_cast<int64_t>(a.num_tiles) * a.num_kv_heads;
-  if (blocks > 0x7fffffff) return cudaErrorInvalidConfiguration;
-  prefill_mma_kernel<T, D, S><<<static_cast<unsigned>(blocks), S::kThreads, smem, stream>>>(
+  if (blocks * a.num_splits > 0x7fffffff) return cudaErrorInvalidConfiguration;
+  prefill_mma_kernel<T, D, S><<<static_cast<unsigned>(blocks * a.num_splits), S::kThreads, smem, stream>>>(
       static_cast<const T*>(a.q), static_cast<const T*>(a.k_cache), static_cast<const T*>(a.v_cache),
-      static_cast<T*>(a.out), a.query_start, a.seq_lens, a.block_tables, a.num_seqs, a.num_tiles, a.num_heads,
-      a.num_kv_heads, a.max_blocks_per_seq, a.block_size, a.scale * 1.4426950408889634f);
-  return cudaGetLastError();
+      static_cast<T*>(a.out), a.part_acc, a.part_ml, a.query_start, a.seq_lens, a.block_tables, a.num_seqs,
+      a.num_tiles, a.num_splits, a.num_heads, a.num_kv_heads, a.max_blocks_per_seq, a.block_size,
+      a.scale * 1.4426950408889634f);
+  err = cudaGetLastError();
+  if (err != cudaSuccess || a.num_splits == 1) return err;
+  // A programmatic dependent of the attention kernel: its launch hides behind that kernel's tail.
+  constexpr int kSlices = kRows / (kMergeThreads / (D / 4));
+  return launch_chained<prefill_merge_kernel<T, D>>(
+      dim3(static_cast<unsigned>(blocks), kSlices), dim3(kMergeThreads), 0, stream,
+      static_cast<const float*>(a.part_acc), static_cast<const float*>(a.part_ml), static_cast<T*>(a.out),
+      a.query_start, a.num_seqs, a.num_tiles, a.num_splits, a.num_heads, a.num_kv_heads);
 }
 
 // The shapes the benchmark compares; launch_prefill_attention_mma picks one by the number of blocks.
@@ -523,14 +601,39 @@ cudaError_t run_dim(const PrefillMmaArgs& a, int shape, cudaStream_t stream) {
   return cudaErrorInvalidValue;
 }
 
-cudaError_t default_shape(const PrefillMmaArgs& a, int* shape) {
-  int dev = 0, sms = 0;
+cudaError_t sm_count(int* sms) {
+  int dev = 0;
   cudaError_t err = cudaGetDevice(&dev);
-  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+  if (err == cudaSuccess) err = cudaDeviceGetAttribute(sms, cudaDevAttrMultiProcessorCount, dev);
+  return err;
+}
+
+// Split blocks (several per tile) of 4 warps as soon as they give more than one per SM: a split
+// walks fewer keys, so two blocks per SM beat one 8-warp block per SM in two waves.
+cudaError_t default_shape(const PrefillMmaArgs& a, int* shape) {
+  int sms = 0;
+  const cudaError_t err = sm_count(&sms);
   if (err != cudaSuccess) return err;
-  *shape = static_cast<int64_t>(a.num_tiles) * a.num_kv_heads >= 2 * sms ? kShapeManyBlocks : kShapeFewBlocks;
+  const int64_t blocks = static_cast<int64_t>(a.num_tiles) * a.num_kv_heads * a.num_splits;
+  *shape = blocks >= 2 * sms || (a.num_splits > 1 && blocks > sms) ? kShapeManyBlocks : kShapeFewBlocks;
   return cudaSuccess;
 }
+
+// Key splits: each split costs its share of the partials written and merged, worth about
+// kMergeKeys keys of attention per row; a split must keep at least kMinSplitKeys keys.
+// Measured on an H200 (Llama-3-8B heads, bf16, pages of 16; whole prompt, ms, kernels back to back),
+// prompt/chunk: auto (its count) / 1 / 2 / 4 / 8 splits:
+//   8192/8192   1.93 (1)  1.93  2.13  2.30  2.65
+//   8192/1024   2.18 (1)  2.18  2.20  2.40  2.79
+//   8192/512    2.30 (2)  2.36  2.31  2.43  2.88
+//   8192/256    2.48 (4)  4.56  2.56  2.48  2.95
+//   32768/512  32.26 (2) 34.96 32.31 32.78 34.56
+// A 512-token chunk gives 128 blocks, 97% of the SMs, so splitting gains little there; what is left
+// of its gap to one chunk is the causal imbalance of the tiles within a chunk and the merge.
+constexpr int kMaxSplits = 16;
+static_assert(kMaxSplits <= kPrefillMmaMaxSplits, "the automatic choice stays within what the launcher takes");
+constexpr int kMinSplitKeys = 256;
+constexpr double kMergeKeys = 160.0;
 
 }  // namespace
 
@@ -543,11 +646,37 @@ const char* prefill_attention_mma_shape_name(int shape) {
   return shape >= 0 && shape < kNumShapes ? kShapeNames[shape] : "?";
 }
 
+// Blocks run in waves of two per SM (the 4-warp shape). One block per (tile, kv head) leaves the
+// chip underused when there are fewer blocks than that; splitting every tile's keys in S shrinks
+// each block's walk by S at the price of ceil(blocks * S / slots) waves and S partials per row.
+// The S of least estimated time, the smallest among equals; 1 when the blocks already fill the chip.
+int prefill_attention_mma_splits(int num_tiles, int num_kv_heads, int max_seq_len) {
+  int sms = 0;
+  if (sm_count(&sms) != cudaSuccess || sms <= 0) {
+    cudaGetLastError();
+    return 1;
+  }
+  const int64_t blocks = static_cast<int64_t>(num_tiles) * num_kv_heads;
+  const int64_t slots = 2 * static_cast<int64_t>(sms);
+  if (blocks <= 0 || blocks >= slots || max_seq_len <= 0) return 1;
+  const int most = std::min(kMaxSplits, std::max(1, max_seq_len / kMinSplitKeys));
+  const double merge = kMergeKeys * static_cast<double>(blocks) / (static_cast<double>(slots) * max_seq_len);
+  int best = 1;
+  double best_cost = 1.0;  // one wave of blocks that walk every key
+  for (int s = 2; s <= most; ++s) {
+    const double cost = static_cast<double>((blocks * s + slots - 1) / slots) / s + s * merge;
+    if (cost < best_cost) best = s, best_cost = cost;
+  }
+  return best;
+}
+
 cudaError_t launch_prefill_attention_mma_shape(const PrefillMmaArgs& args, DType dtype, int shape,
                                                cudaStream_t stream) {
   if (args.num_tiles == 0) return cudaSuccess;
   if (!prefill_attention_mma_supported(dtype, args.head_dim) || args.num_kv_heads <= 0 ||
-      args.num_heads % args.num_kv_heads != 0 || args.block_size <= 0 || !(args.scale > 0.0f))
+      args.num_heads % args.num_kv_heads != 0 || args.block_size <= 0 || !(args.scale > 0.0f) ||
+      args.num_splits < 1 || args.num_splits > kPrefillMmaMaxSplits ||
+      (args.num_splits > 1 && (!args.part_acc || !args.part_ml)))
     return cudaErrorInvalidValue;
   if (shape < 0) {
     const cudaError_t err = default_shape(args, &shape);

@@ -1,7 +1,8 @@
 // The tensor-core prefill attention against a float64 host reference: chunks with and without a
 // cached past, GQA ratios 1/4/5/8, head dims 64/128, scrambled block tables, pages of 1 to 32,
-// mixed prefill+decode steps, every compiled kernel shape. The DISABLED_ benchmarks time Llama-3-8B's
-// attention shape against the CUDA-core kernel and compare the kernel shapes.
+// mixed prefill+decode steps, every compiled kernel shape with 1 to 8 key splits. The DISABLED_
+// benchmarks time Llama-3-8B's attention shape against the CUDA-core kernel and compare the kernel
+// shapes and split counts.
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
@@ -126,6 +127,11 @@ const PrefillCase kCases[] = {
     {"gqa5_d64_block1_two_seqs", {{37, 90}, {0, 33}}, 5, 1, 64, 1},
     {"long_chunk_mha_d128", {{0, 700}}, 2, 2, 128, 16},
     {"fallback_d96", {{40, 33}}, 8, 2, 96, 16},
+    // Short chunks over long pasts, beside short ones: the backend splits the keys.
+    {"splits_mixed_pasts_gqa4_d64_block1", {{700, 40}, {0, 65}, {1500, 3}, {260, 130}}, 16, 4, 64, 1},
+    {"splits_long_past_mha_d128_block32", {{1200, 50}, {90, 1}, {2500, 140}}, 4, 4, 128, 32},
+    {"splits_gqa8_d128_pasts", {{3000, 30}, {513, 300}, {0, 100}}, 16, 2, 128, 16},
+    {"splits_gqa5_d64", {{2100, 70}, {20, 260}}, 10, 2, 64, 16},
 };
 const DType kDtypes[] = {DType::F16, DType::BF16, DType::F32};
 
@@ -198,11 +204,28 @@ PrefillMmaArgs mma_args(const Tensor& q, const Tensor& kc, const Tensor& vc, Ten
   a.head_dim = D;
   a.max_blocks_per_seq = ds.max_blocks_per_seq;
   a.block_size = ds.block_size;
+  a.num_splits = 1;
   a.scale = scale;
   return a;
 }
 
-// The backend runs one shape; every other compiled shape must be just as correct.
+// Points `a` at `ws` for `splits` key splits (0: the backend's automatic choice); `ws` grows to fit.
+void set_splits(PrefillMmaArgs& a, int splits, int64_t T, int max_seq_len, Backend& gpu, Buffer& ws) {
+  a.num_splits = splits > 0 ? splits : cuda::prefill_attention_mma_splits(a.num_tiles, a.num_kv_heads, max_seq_len);
+  a.part_acc = a.part_ml = nullptr;
+  if (a.num_splits == 1) return;
+  const size_t per = static_cast<size_t>(T) * a.num_heads * a.num_splits;
+  const size_t bytes = per * (a.head_dim + 2) * sizeof(float);
+  if (!ws.get() || ws.bytes() < bytes) {
+    ws = Buffer();  // the old one goes first: the bench's forced splits of a long chunk take a lot
+    ws = gpu.allocate(bytes, "split-K partials");
+  }
+  a.part_acc = static_cast<float*>(ws.get());
+  a.part_ml = a.part_acc + per * a.head_dim;
+}
+
+// The backend runs one shape and split count; every other compiled shape and split count must be
+// just as correct. 8 splits leave some splits with no key for some rows (or for any row).
 TEST(CudaPrefillAttentionShapes, EveryShapeMatchesHostReference) {
   EMBER_REQUIRE_GPU();
   Backend& gpu = cuda_backend();
@@ -222,19 +245,67 @@ TEST(CudaPrefillAttentionShapes, EveryShapeMatchesHostReference) {
       const auto want = reference(q, kc, vc, m, c.Hq, c.Hk, c.D, scale);
       const DeviceStep ds = gpu.upload_step(m);
       gpu.synchronize();
-      for (int shape = 0; shape < cuda::prefill_attention_mma_shapes(); ++shape) {
-        auto go = empty(gpu, dt, {T, c.Hq, c.D});
-        gpu.synchronize();
-        const PrefillMmaArgs a = mma_args(gq.t, gk.t, gv.t, go.t, ds, m, c.Hq, c.Hk, c.D, scale);
-        const cudaError_t err = cuda::launch_prefill_attention_mma_shape(a, dt, shape, nullptr);
-        ASSERT_EQ(err, cudaSuccess) << cudaGetErrorString(err);
-        ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-        const double err_rel = rel_error(download(gpu, go.t), want);
-        EXPECT_LT(err_rel, tolerance(dt)) << c.name << " " << dtype_name(dt) << " shape "
-                                          << cuda::prefill_attention_mma_shape_name(shape);
+      const int max_seq_len = *std::max_element(m.seq_lens.begin(), m.seq_lens.end());
+      Buffer ws;
+      for (int splits : {1, 2, 3, 4, 8, 0}) {
+        for (int shape = -1; shape < cuda::prefill_attention_mma_shapes(); ++shape) {
+          auto go = empty(gpu, dt, {T, c.Hq, c.D});
+          gpu.synchronize();
+          PrefillMmaArgs a = mma_args(gq.t, gk.t, gv.t, go.t, ds, m, c.Hq, c.Hk, c.D, scale);
+          set_splits(a, splits, T, max_seq_len, gpu, ws);
+          const cudaError_t err = cuda::launch_prefill_attention_mma_shape(a, dt, shape, nullptr);
+          ASSERT_EQ(err, cudaSuccess) << cudaGetErrorString(err);
+          ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+          const auto got = download(gpu, go.t);
+          const double err_rel = rel_error(got, want);
+          double worst = 0.0;
+          for (int64_t r = 0; r < T * c.Hq; ++r) {
+            std::vector<float> g(got.begin() + r * c.D, got.begin() + (r + 1) * c.D);
+            std::vector<float> w(want.begin() + r * c.D, want.begin() + (r + 1) * c.D);
+            worst = std::max(worst, rel_error(g, w));
+          }
+          const std::string what = c.name + " " + dtype_name(dt) + " shape " +
+                                   (shape < 0 ? "auto" : cuda::prefill_attention_mma_shape_name(shape)) +
+                                   " splits " + std::to_string(a.num_splits) + (splits == 0 ? " (auto)" : "");
+          EXPECT_LT(err_rel, tolerance(dt)) << what;
+          EXPECT_LT(worst, 4 * tolerance(dt)) << what << " (worst row)";
+        }
       }
     }
   }
+}
+
+TEST(CudaPrefillAttentionShapes, RejectsBadSplitArguments) {
+  EMBER_REQUIRE_GPU();
+  PrefillMmaArgs a{};
+  a.num_seqs = 1;
+  a.num_tiles = 1;
+  a.num_heads = a.num_kv_heads = 1;
+  a.head_dim = 64;
+  a.max_blocks_per_seq = a.block_size = 1;
+  a.scale = 1.0f;
+  a.num_splits = 0;
+  EXPECT_EQ(cuda::launch_prefill_attention_mma(a, DType::BF16, nullptr), cudaErrorInvalidValue);
+  a.num_splits = 2;  // partials missing
+  EXPECT_EQ(cuda::launch_prefill_attention_mma(a, DType::BF16, nullptr), cudaErrorInvalidValue);
+  a.num_splits = cuda::kPrefillMmaMaxSplits + 1;
+  EXPECT_EQ(cuda::launch_prefill_attention_mma(a, DType::BF16, nullptr), cudaErrorInvalidValue);
+}
+
+// Few blocks over a long past split; blocks that fill the chip, or few keys, do not.
+TEST(CudaPrefillAttentionShapes, AutomaticSplitCount) {
+  EMBER_REQUIRE_GPU();
+  int dev = 0, sms = 0;
+  ASSERT_EQ(cudaGetDevice(&dev), cudaSuccess);
+  ASSERT_EQ(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev), cudaSuccess);
+  // Llama-3-8B heads: a 2048-token chunk gives 64 tiles x 8 kv heads, a 512-token one 16 x 8.
+  EXPECT_EQ(cuda::prefill_attention_mma_splits(64, 8, 8192), 1);
+  if (16 * 8 < 2 * sms) {
+    EXPECT_GT(cuda::prefill_attention_mma_splits(16, 8, 8192), 1);
+    EXPECT_EQ(cuda::prefill_attention_mma_splits(16, 8, 200), 1);  // too few keys to share
+  }
+  EXPECT_GE(cuda::prefill_attention_mma_splits(1, 1, 1 << 20), 1);
+  EXPECT_LE(cuda::prefill_attention_mma_splits(1, 1, 1 << 20), cuda::kPrefillMmaMaxSplits);
 }
 
 // ---- benchmark: Llama-3-8B attention (32 q heads, 8 kv heads, D=128, bf16, pages of 16) ----
@@ -396,6 +467,103 @@ TEST(CudaPrefillAttentionBench, DISABLED_Llama3_8B_Shapes) {
     std::printf("   (ms: auto %.3f", ms[0]);
     for (int i = 1; i <= n; ++i) std::printf(", %.3f", ms[i]);
     std::printf(")\n");
+  }
+  cudaEventDestroy(e0);
+  cudaEventDestroy(e1);
+}
+
+// Kernel time of a whole chunked prompt (attention and merge of every chunk step launched back to
+// back between two events, median of five after a warm-up): the automatic split count against one
+// split (the launch as it was before the splits) and fixed counts, each with the launcher's shape.
+TEST(CudaPrefillAttentionBench, DISABLED_Llama3_8B_Splits) {
+  EMBER_REQUIRE_GPU();
+  Backend& gpu = cuda_backend();
+  constexpr int Hq = 32, Hk = 8, D = 128, kBlock = 16;
+  const DType dt = DType::BF16;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(D));
+  const std::vector<int> variants = {0, 1, 2, 4, 8};  // 0: automatic
+  std::printf("ms and TFLOP/s by key splits (whole prompt, kernels back to back; auto's last-chunk count in "
+              "brackets)\n%-13s %8s", "prompt/chunk", "GFLOP");
+  for (int v : variants) std::printf("  %17s", v == 0 ? "auto" : (std::to_string(v) + " split").c_str());
+  std::printf("\n");
+  cudaEvent_t e0, e1;
+  check_cuda(cudaEventCreate(&e0), "event");
+  check_cuda(cudaEventCreate(&e1), "event");
+  Buffer ws;
+  for (auto [total, chunk] : std::vector<std::pair<int, int>>{
+           {2048, 2048}, {8192, 8192}, {8192, 1024}, {8192, 512}, {8192, 256}, {32768, 512}}) {
+    int64_t slots = 0;
+    const std::vector<StepMeta> steps = chunk_steps(total, chunk, kBlock, &slots);
+    auto kc = upload(gpu, random_values(static_cast<size_t>(slots) * Hk * D, dt, 30, -2.0f, 2.0f), dt, {slots, Hk, D});
+    auto vc = upload(gpu, random_values(static_cast<size_t>(slots) * Hk * D, dt, 31), dt, {slots, Hk, D});
+    auto q = upload(gpu, random_values(static_cast<size_t>(chunk) * Hq * D, dt, 32, -2.0f, 2.0f), dt, {chunk, Hq, D});
+    auto out_auto = empty(gpu, dt, {chunk, Hq, D});
+    auto out_one = empty(gpu, dt, {chunk, Hq, D});
+    auto out_other = empty(gpu, dt, {chunk, Hq, D});
+    double flops = 0.0;
+    for (int past = 0; past < total; past += chunk) flops += causal_flops(past, chunk, Hq, D);
+    // The chunk steps share the page table and query_start ({0, chunk}); only the sequence length
+    // differs, so every step's length sits in one device array.
+    const DeviceStep ds = gpu.upload_step(steps.front());
+    std::vector<int32_t> lens;
+    for (const StepMeta& m : steps) lens.push_back(m.seq_lens[0]);
+    Buffer lens_buf = gpu.allocate(lens.size() * sizeof(int32_t), "bench sequence lengths");
+    gpu.copy_to_device(lens_buf.get(), lens.data(), lens.size() * sizeof(int32_t));
+    gpu.synchronize();
+    std::vector<double> ms(variants.size(), 0.0);
+    int auto_splits = 0;
+    for (size_t i = 0; i < variants.size(); ++i) {
+      Tensor& out = variants[i] == 0 ? out_auto.t : variants[i] == 1 ? out_one.t : out_other.t;
+      std::vector<PrefillMmaArgs> args;
+      int most = 1;
+      for (size_t k = 0; k < steps.size(); ++k) {
+        PrefillMmaArgs a = mma_args(q.t, kc.t, vc.t, out, ds, steps[k], Hq, Hk, D, scale);
+        a.seq_lens = static_cast<const int32_t*>(lens_buf.get()) + k;
+        a.num_splits = variants[i] > 0 ? variants[i] : cuda::prefill_attention_mma_splits(a.num_tiles, Hk, lens[k]);
+        most = std::max(most, a.num_splits);
+        args.push_back(a);
+      }
+      if (variants[i] == 0) auto_splits = args.back().num_splits;
+      const size_t per_split = static_cast<size_t>(chunk) * Hq;
+      const size_t bytes = per_split * most * (D + 2) * sizeof(float);
+      if (most > 1 && (!ws.get() || ws.bytes() < bytes)) {
+        ws = Buffer();
+        ws = gpu.allocate(bytes, "split-K partials");
+      }
+      for (PrefillMmaArgs& a : args) {
+        if (a.num_splits == 1) continue;
+        a.part_acc = static_cast<float*>(ws.get());
+        a.part_ml = a.part_acc + per_split * a.num_splits * D;
+      }
+      auto run_all = [&] {
+        for (const PrefillMmaArgs& a : args) check_cuda(cuda::launch_prefill_attention_mma(a, dt, nullptr), "prefill mma");
+      };
+      run_all();
+      check_cuda(cudaDeviceSynchronize(), "warm-up");
+      std::vector<float> t;
+      for (int r = 0; r < 5; ++r) {
+        check_cuda(cudaEventRecord(e0, nullptr), "record");
+        run_all();
+        check_cuda(cudaEventRecord(e1, nullptr), "record");
+        check_cuda(cudaEventSynchronize(e1), "sync");
+        float x = 0.0f;
+        check_cuda(cudaEventElapsedTime(&x, e0, e1), "elapsed");
+        t.push_back(x);
+      }
+      std::sort(t.begin(), t.end());
+      ms[i] = t[t.size() / 2];
+    }
+    // The last chunk's output, automatic split count against one split.
+    const double diff = rel_error(download(gpu, out_auto.t), download(gpu, out_one.t));
+    EXPECT_LT(diff, tolerance(dt));
+    char label[64];
+    std::snprintf(label, sizeof label, "%d/%d", total, chunk);
+    std::printf("%-13s %8.1f", label, flops / 1e9);
+    for (size_t i = 0; i < variants.size(); ++i) {
+      const std::string note = i == 0 ? "[" + std::to_string(auto_splits) + "]" : "";
+      std::printf("  %8.3f %6.1f%-3s", ms[i], flops / ms[i] / 1e9, note.c_str());
+    }
+    std::printf("   (auto vs 1 split rel diff %.2e)\n", diff);
   }
   cudaEventDestroy(e0);
   cudaEventDestroy(e1);
