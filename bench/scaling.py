@@ -137,8 +137,11 @@ def run_config(cfg: Config, args: argparse.Namespace) -> ConfigResult:
     }
     if cfg.cap_gib:
         opts["max_memory"] = int(cfg.cap_gib * GIB)
-    for key in ("max_num_batched_tokens", "chunk_size", "edge_chunk_size"):
-        if getattr(args, key) is not None:
+    if args.max_num_batched_tokens is not None:
+        opts["max_num_batched_tokens"] = args.max_num_batched_tokens
+    # Chunking flags shape the pipelines only: the 1-GPU baseline keeps the engine's defaults.
+    for key in ("chunk_size", "edge_chunk_size"):
+        if getattr(args, key) is not None and cfg.gpus > 1:
             opts[key] = getattr(args, key)
     print(f"== {cfg.label}", flush=True)
     t0 = time.perf_counter()
@@ -327,7 +330,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="sync each stage step to time compute and copy",
     )
-    p.add_argument("--chunk-size", type=int, default=None)
+    p.add_argument(
+        "--chunk-size", type=int, default=None, help="pipelines only (1 GPU keeps the default)"
+    )
     p.add_argument(
         "--edge-chunk-size",
         type=int,
