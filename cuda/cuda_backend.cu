@@ -272,18 +272,6 @@ class CudaBackendImpl final : public CudaBackend {
   void attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, const DeviceStep& step, float scale,
                  Tensor& out) override;
 
-  // Decode: the SwiGLU gate is computed inside the down-projection GEMV (no silu_mul launch).
-  void silu_mul_matmul(const Tensor& gate_up, const Tensor& w, Tensor& act, Tensor& out) override {
-    const int64_t T = gate_up.ndim() == 2 ? gate_up.dim(0) : 0, K = gate_up.ndim() == 2 ? gate_up.dim(1) / 2 : 0;
-    const bool fused = T >= 1 && T <= kGemvCutoffTokens && gate_up.dim(1) % 2 == 0 && w.ndim() == 2 &&
-                       w.dim(1) == K && w.dtype == gate_up.dtype && out.dtype == gate_up.dtype &&
-                       out.numel() == T * w.dim(0) && gemv_supports(gate_up.data, w.data, T, w.dim(0), K, gate_up.dtype);
-    if (!fused) return Backend::silu_mul_matmul(gate_up, w, act, out);
-    DeviceGuard g(device_);
-    EMBER_CUDA_CHECK_OP("silu_mul_matmul",
-                        launch_gemv_swiglu(gate_up.data, w.data, out.data, T, w.dim(0), K, gate_up.dtype, stream_));
-  }
-
   void silu_mul(const Tensor& x, Tensor& out) override {
     DeviceGuard g(device_);
     require_float("silu_mul", "x", x);

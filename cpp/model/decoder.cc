@@ -89,7 +89,8 @@ void DecoderStage::forward(const DeviceStep& step, Tensor x) {
     backend_.matmul(attn, L.o_proj, nullptr, tmp);
     backend_.add_rms_norm(x, tmp, L.mlp_norm, eps, normed);
     backend_.matmul(normed, L.gate_up, nullptr, gate_up);
-    backend_.silu_mul_matmul(gate_up, L.down, act, tmp);
+    backend_.silu_mul(gate_up, act);
+    backend_.matmul(act, L.down, nullptr, tmp);
     if (li + 1 < weights_.layers.size()) {
       backend_.add_rms_norm(x, tmp, weights_.layers[li + 1].attn_norm, eps, normed);
     } else {

@@ -58,31 +58,7 @@ struct Fragments {
 // A block owns 8*RG consecutive weight rows; its warps split K in groups of U chunks and meet in
 // shared memory at the end. HI: tokens 8..15 exist (T > 8). Rows past N and tokens past T read a
 // clamped (valid) row instead: they only feed D entries that are never stored.
-// Eight activations for the product: x itself, or with SWIGLU silu(gate) * up from x = [gate | up]
-// (rows of 2K), rounded to S exactly as silu_mul.cu rounds them, so the fused path gives the same
-// bits as silu_mul followed by the matmul.
-template <typename S, bool SWIGLU>
-__device__ __forceinline__ uint4 load_x(const S* p, int K) {
-  if constexpr (!SWIGLU) {
-    return __ldg(reinterpret_cast<const uint4*>(p));
-  } else {
-    union Vec {
-      uint4 u;
-      S e[8];
-    };
-    Vec g, u, o;
-    g.u = __ldg(reinterpret_cast<const uint4*>(p));
-    u.u = __ldg(reinterpret_cast<const uint4*>(p + K));
-#pragma unroll
-    for (int i = 0; i < 8; ++i) {
-      const float gf = to_f32(g.e[i]);
-      o.e[i] = from_f32<S>(gf / (1.0f + expf(-gf)) * to_f32(u.e[i]));
-    }
-    return o.u;
-  }
-}
-
-template <typename S, int RG, int U, bool HI, bool SWIGLU = false>
+template <typename S, int RG, int U, bool HI>
 __global__ void __launch_bounds__(kMaxWarps<RG> * 32) gemv_kernel(const S* __restrict__ x, const S* __restrict__ w,
                                                               const float* __restrict__ bias, S* __restrict__ out,
                                                               int T, int N, int K) {
@@ -94,9 +70,8 @@ __global__ void __launch_bounds__(kMaxWarps<RG> * 32) gemv_kernel(const S* __res
   const S* wrow[RG];
 #pragma unroll
   for (int r = 0; r < RG; ++r) wrow[r] = w + static_cast<int64_t>(min(row0 + r * 8 + g, N - 1)) * K + q * 8;
-  const int64_t x_row = SWIGLU ? 2 * static_cast<int64_t>(K) : K;
-  const S* xlo = x + static_cast<int64_t>(min(g, T - 1)) * x_row + q * 8;
-  const S* xhi = x + static_cast<int64_t>(min(g + 8, T - 1)) * x_row + q * 8;
+  const S* xlo = x + static_cast<int64_t>(min(g, T - 1)) * K + q * 8;
+  const S* xhi = x + static_cast<int64_t>(min(g + 8, T - 1)) * K + q * 8;
 
   float acc[RG][4];
 #pragma unroll
@@ -115,8 +90,8 @@ __global__ void __launch_bounds__(kMaxWarps<RG> * 32) gemv_kernel(const S* __res
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       const int k = (chunk0 + u) * kChunk;
-      xl[u] = load_x<S, SWIGLU>(xlo + k, K);
-      xh[u] = HI ? load_x<S, SWIGLU>(xhi + k, K) : zero;
+      xl[u] = __ldg(reinterpret_cast<const uint4*>(xlo + k));
+      xh[u] = HI ? __ldg(reinterpret_cast<const uint4*>(xhi + k)) : zero;
     }
 #pragma unroll
     for (int u = 0; u < U; ++u) {
@@ -154,8 +129,8 @@ __global__ void __launch_bounds__(kMaxWarps<RG> * 32) gemv_kernel(const S* __res
     uint4 wv[RG];
 #pragma unroll
     for (int r = 0; r < RG; ++r) wv[r] = in ? load_streamed(wrow[r] + k) : zero;
-    const uint4 xl = in ? load_x<S, SWIGLU>(xlo + k, K) : zero;
-    const uint4 xh = HI && in ? load_x<S, SWIGLU>(xhi + k, K) : zero;
+    const uint4 xl = in ? __ldg(reinterpret_cast<const uint4*>(xlo + k)) : zero;
+    const uint4 xh = HI && in ? __ldg(reinterpret_cast<const uint4*>(xhi + k)) : zero;
 #pragma unroll
     for (int r = 0; r < RG; ++r) {
       mma16816<S>(acc[r], xl.x, xh.x, xl.y, xh.y, wv[r].x, wv[r].y);
@@ -187,16 +162,15 @@ __global__ void __launch_bounds__(kMaxWarps<RG> * 32) gemv_kernel(const S* __res
 
 bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 
-template <typename S, int RG, int U, bool SWIGLU = false>
+template <typename S, int RG, int U>
 cudaError_t launch_typed(const void* x, const void* w, const float* bias, void* out, int T, int N, int K, int warps,
                          cudaStream_t stream) {
   const dim3 grid(static_cast<unsigned>(ceil_div(N, 8 * RG))), block(static_cast<unsigned>(warps * 32));
   const S* xs = static_cast<const S*>(x);
   const S* ws = static_cast<const S*>(w);
   S* os = static_cast<S*>(out);
-  if (T > 8)
-    return launch_chained<gemv_kernel<S, RG, U, true, SWIGLU>>(grid, block, 0, stream, xs, ws, bias, os, T, N, K);
-  return launch_chained<gemv_kernel<S, RG, U, false, SWIGLU>>(grid, block, 0, stream, xs, ws, bias, os, T, N, K);
+  if (T > 8) return launch_chained<gemv_kernel<S, RG, U, true>>(grid, block, 0, stream, xs, ws, bias, os, T, N, K);
+  return launch_chained<gemv_kernel<S, RG, U, false>>(grid, block, 0, stream, xs, ws, bias, os, T, N, K);
 }
 
 template <typename S>
@@ -227,25 +201,7 @@ GemvShape auto_shape(int64_t T, int64_t N) {
   return {2, 4, 4};
 }
 
-// The fused SwiGLU product takes the automatic shapes only (the three auto_shape returns).
-template <typename S>
-cudaError_t launch_swiglu_shaped(const void* gate_up, const void* w, void* out, int T, int N, int K, GemvShape sh,
-                                 cudaStream_t stream) {
-  if (sh.row_groups == 2) return launch_typed<S, 2, 4, true>(gate_up, w, nullptr, out, T, N, K, sh.warps, stream);
-  if (sh.unroll == 8) return launch_typed<S, 1, 8, true>(gate_up, w, nullptr, out, T, N, K, sh.warps, stream);
-  return launch_typed<S, 1, 4, true>(gate_up, w, nullptr, out, T, N, K, sh.warps, stream);
-}
-
 }  // namespace
-
-cudaError_t launch_gemv_swiglu(const void* gate_up, const void* w, void* out, int64_t T, int64_t N, int64_t K,
-                               DType dtype, cudaStream_t stream) {
-  if (!gemv_supports(gate_up, w, T, N, K, dtype)) return cudaErrorInvalidValue;
-  const GemvShape sh = auto_shape(T, N);
-  const int t = static_cast<int>(T), n = static_cast<int>(N), k = static_cast<int>(K);
-  return dtype == DType::BF16 ? launch_swiglu_shaped<__nv_bfloat16>(gate_up, w, out, t, n, k, sh, stream)
-                              : launch_swiglu_shaped<__half>(gate_up, w, out, t, n, k, sh, stream);
-}
 
 bool gemv_supports(const void* x, const void* w, int64_t T, int64_t N, int64_t K, DType dtype) {
   return (dtype == DType::BF16 || dtype == DType::F16) && T >= 1 && T <= kGemvMaxTokens && N >= 1 && K >= 8 &&

@@ -72,10 +72,6 @@ struct GemvShape {  // all zero = pick from N and the SM count
 bool gemv_supports(const void* x, const void* w, int64_t T, int64_t N, int64_t K, DType dtype);
 cudaError_t launch_gemv(const void* x, const void* w, const float* bias, void* out, int64_t T, int64_t N, int64_t K,
                         DType dtype, cudaStream_t stream, GemvShape shape = {});
-// out[T, N] = (silu(gate) * up)[T, K] w[N, K]^T for gate_up [T, 2K] = [gate | up]: the SwiGLU gate
-// computed while the activations are loaded, bit-identical to launch_silu_mul then launch_gemv.
-cudaError_t launch_gemv_swiglu(const void* gate_up, const void* w, void* out, int64_t T, int64_t N, int64_t K,
-                               DType dtype, cudaStream_t stream);
 
 struct DecodeAttentionArgs {
   const void* q;        // [T, Hq, D], one token per sequence at query_start[s]

@@ -89,12 +89,6 @@ class Backend {
                          const DeviceStep& step, float scale, Tensor& out) = 0;
   // out[T, F] = silu(x[:, :F]) * x[:, F:] for x [T, 2F].
   virtual void silu_mul(const Tensor& x, Tensor& out) = 0;
-  // out = silu_mul(gate_up) @ w^T, with `act` [T, F] as scratch for the gated activations. The
-  // default runs the two ops; a backend may fuse them (same result to the bit) and leave `act` alone.
-  virtual void silu_mul_matmul(const Tensor& gate_up, const Tensor& w, Tensor& act, Tensor& out) {
-    silu_mul(gate_up, act);
-    matmul(act, w, nullptr, out);
-  }
   // a += b
   virtual void add(Tensor& a, const Tensor& b) = 0;
   // out[t, :] = x[t, begin : begin + out.cols] for x [T, C] and out [T, out.cols].
