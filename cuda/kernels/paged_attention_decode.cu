@@ -9,6 +9,7 @@
 
 #include "kernels/attention_core.cuh"
 #include "kernels/launchers.h"
+#include "kernels/mma_primitives.cuh"
 
 namespace ember::cuda {
 namespace {
@@ -32,53 +33,6 @@ struct TileShape {
   static constexpr int kMergeBytes = 4 * kWarps * kBlockHeads * (kMergeStride + 2);
   static constexpr int kSmemBytes = kWarps * kWarpBytes > kMergeBytes ? kWarps * kWarpBytes : kMergeBytes;
 };
-
-__device__ __forceinline__ uint32_t smem_addr(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-// 16-byte async copy; a false `valid` zero-fills the destination and reads nothing.
-__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, bool valid) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(valid ? 16 : 0));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-}
-__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], uint32_t addr) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr));
-}
-__device__ __forceinline__ void ldsm_x4_trans(uint32_t (&r)[4], uint32_t addr) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr));
-}
-// c += a * b for one m16n8k16 block with fp32 accumulation.
-__device__ __forceinline__ void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1, __nv_bfloat16) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-      "{%0, %1, %2, %3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-__device__ __forceinline__ void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1, __half) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-      "{%0, %1, %2, %3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-// Two floats as one register of two 16-bit values, `lo` in the low half.
-__device__ __forceinline__ uint32_t pack2(float lo, float hi, __nv_bfloat16) {
-  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-  return *reinterpret_cast<uint32_t*>(&v);
-}
-__device__ __forceinline__ uint32_t pack2(float lo, float hi, __half) {
-  __half2 v = __floats2half2_rn(lo, hi);
-  return *reinterpret_cast<uint32_t*>(&v);
-}
 
 // Fragment layouts (m16n8k16; lane = 4 * gid + tig):
 //  q.k:  S[head][key] = Q[16 heads][16 dims] x K^T[16 dims][8 keys]. Only heads 0..7 are real, so
@@ -193,10 +147,10 @@ __global__ void __launch_bounds__(kWarps * 32)
 #pragma unroll
     for (int kk = 0; kk < kSteps; ++kk) {
       uint32_t b[4];
-      ldsm_x4(b, kb + 32 * kk);
+      ldmatrix_x4(b, kb + 32 * kk);
       const uint32_t a[4] = {qa[kk][0], 0u, qa[kk][1], 0u};
-      mma(s0[kk & 1], a, b[0], b[1], T());
-      mma(s1[kk & 1], a, b[2], b[3], T());
+      mma16816<T>(s0[kk & 1], a, b[0], b[1]);
+      mma16816<T>(s1[kk & 1], a, b[2], b[3]);
     }
     const int key = k_begin + (warp + i * kWarps) * kTileKeys + 2 * tig;
     float x[4] = {s0[0][0] + s0[1][0], s0[0][1] + s0[1][1], s1[0][0] + s1[1][0], s1[0][1] + s1[1][1]};
@@ -216,7 +170,7 @@ __global__ void __launch_bounds__(kWarps * 32)
     // The accumulator's columns are heads 2 tig and 2 tig + 1, whose factors live in lanes 8 tig, 8 tig + 4.
     const float a_lo = __shfl_sync(0xffffffffu, alpha, 8 * tig);
     const float a_hi = __shfl_sync(0xffffffffu, alpha, 8 * tig + 4);
-    const uint32_t pb0 = pack2(p[0], p[1], T()), pb1 = pack2(p[2], p[3], T());
+    const uint32_t pb0 = pack2<T>(p[0], p[1]), pb1 = pack2<T>(p[2], p[3]);
 #pragma unroll
     for (int mt2 = 0; mt2 < kSteps; ++mt2) {
       acc[mt2][0] *= a_lo;
@@ -224,8 +178,8 @@ __global__ void __launch_bounds__(kWarps * 32)
       acc[mt2][2] *= a_lo;
       acc[mt2][3] *= a_hi;
       uint32_t a[4];
-      ldsm_x4_trans(a, vb + 32 * mt2);
-      mma(acc[mt2], a, pb0, pb1, T());
+      ldmatrix_x4_trans(a, vb + 32 * mt2);
+      mma16816<T>(acc[mt2], a, pb0, pb1);
     }
     __syncwarp();  // every lane is done with this stage before it is refilled
   }
