@@ -50,3 +50,32 @@ TEST(BlockingQueue, ManyProducersDeliverEverything) {
   for (auto& p : ps) p.join();
   EXPECT_EQ(sum, 4000L * 3999 / 2);
 }
+
+// Polling pop (GPU stages): items pushed during the poll, after it gave up and slept, and a close
+// while polling all come through; the ready hint follows the contents.
+TEST(BlockingQueue, SpinningPopSeesItemsAndClose) {
+  BlockingQueue<int> q;
+  q.set_spin(std::chrono::microseconds(50000));
+  std::thread fast([&] { q.push(1); });
+  EXPECT_EQ(*q.pop(), 1);
+  fast.join();
+
+  q.set_spin(std::chrono::microseconds(100));  // gives up polling long before the push
+  std::thread slow([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(30));
+    q.push(2);
+    q.push(3);
+  });
+  EXPECT_EQ(*q.pop(), 2);
+  slow.join();
+  EXPECT_EQ(*q.pop(), 3);  // the hint stayed set while an item was left
+  EXPECT_FALSE(q.try_pop().has_value());
+
+  q.set_spin(std::chrono::microseconds(200000));
+  std::thread closer([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    q.close();
+  });
+  EXPECT_FALSE(q.pop().has_value());
+  closer.join();
+}
