@@ -275,37 +275,59 @@ class _Handlers:
 
     async def _stream_completion(self, gen: Generation, llm: Any, creq: CompletionRequest,
                                  rid: str, created: int, prompt_tokens: int) -> AsyncIterator[str]:
+        def head() -> list[dict[str, Any]]:
+            if not creq.echo:
+                return []
+            return [{"index": c.index, "text": self._echo(llm, creq, c), "logprobs": None,
+                     "finish_reason": None} for c in gen.choices]
+
+        offsets = {c.index: 0 for c in gen.choices}
+
+        def choice(c: Any, ev: Any) -> dict[str, Any] | None:
+            has_token = ev.token_id is not None and creq.logprobs is not None
+            if not ev.text and ev.finish_reason is None and not has_token:
+                return None
+            logprobs = None
+            if has_token:
+                logprobs = self._completion_logprobs(llm, c, len(c.logprobs) - 1,
+                                                     offsets[c.index])
+            offsets[c.index] += len(ev.text or "")
+            return {"index": c.index, "text": ev.text or "", "logprobs": logprobs,
+                    "finish_reason": ev.finish_reason}
+
+        async for line in self._sse_events(gen, rid, created, "text_completion",
+                                           creq.include_usage, prompt_tokens, head, choice):
+            yield line
+
+    async def _sse_events(self, gen: Generation, rid: str, created: int, obj: str,
+                          include_usage: bool, prompt_tokens: int,
+                          head: Callable[[], list[dict[str, Any]]],
+                          choice: Callable[[Any, Any], dict[str, Any] | None]
+                          ) -> AsyncIterator[str]:
+        """The stream both endpoints send: the `head()` choices first, then one chunk per engine
+        event that `choice` turns into a choice (None skips it), usage when asked, and [DONE]; an
+        engine error or an API error ends it early. The generation is closed however it ends."""
         model = self.ctx.model_name
 
         def chunk(choices: list[dict[str, Any]]) -> dict[str, Any]:
-            out: dict[str, Any] = {"id": rid, "object": "text_completion", "created": created,
-                                   "model": model, "choices": choices}
-            if creq.include_usage:
+            out: dict[str, Any] = {"id": rid, "object": obj, "created": created, "model": model,
+                                   "choices": choices}
+            if include_usage:
                 out["usage"] = None
             return out
 
         try:
-            if creq.echo:
-                for c in gen.choices:
-                    yield _sse(chunk([{"index": c.index, "text": self._echo(llm, creq, c),
-                                       "logprobs": None, "finish_reason": None}]))
-            offsets = {c.index: 0 for c in gen.choices}
+            for item in head():
+                yield _sse(chunk([item]))
             async for c, ev in gen.events():
                 if c.finish_reason == "error":
                     yield _sse(_engine_error(c).body())
                     break
-                has_token = ev.token_id is not None and creq.logprobs is not None
-                if not ev.text and ev.finish_reason is None and not has_token:
-                    continue
-                logprobs = None
-                if has_token:
-                    logprobs = self._completion_logprobs(llm, c, len(c.logprobs) - 1,
-                                                         offsets[c.index])
-                offsets[c.index] += len(ev.text or "")
-                yield _sse(chunk([{"index": c.index, "text": ev.text or "",
-                                   "logprobs": logprobs, "finish_reason": ev.finish_reason}]))
+                item = choice(c, ev)
+                if item is not None:
+                    yield _sse(chunk([item]))
             else:
-                if creq.include_usage:
+                if include_usage:
                     final = chunk([])
                     final["usage"] = _usage(prompt_tokens, gen.choices)
                     yield _sse(final)
@@ -383,43 +405,22 @@ class _Handlers:
 
     async def _stream_chat(self, gen: Generation, llm: Any, creq: ChatRequest, rid: str,
                            created: int, prompt_tokens: int) -> AsyncIterator[str]:
-        model = self.ctx.model_name
+        def head() -> list[dict[str, Any]]:
+            return [{"index": c.index, "delta": {"role": "assistant", "content": ""},
+                     "logprobs": None, "finish_reason": None} for c in gen.choices]
 
-        def chunk(choices: list[dict[str, Any]]) -> dict[str, Any]:
-            out: dict[str, Any] = {"id": rid, "object": "chat.completion.chunk",
-                                   "created": created, "model": model, "choices": choices}
-            if creq.include_usage:
-                out["usage"] = None
-            return out
+        def choice(c: Any, ev: Any) -> dict[str, Any] | None:
+            has_token = ev.token_id is not None and creq.logprobs
+            if not ev.text and ev.finish_reason is None and not has_token:
+                return None
+            delta = {"content": ev.text} if ev.text else {}
+            logprobs = self._chat_logprobs(llm, c, len(c.logprobs) - 1) if has_token else None
+            return {"index": c.index, "delta": delta, "logprobs": logprobs,
+                    "finish_reason": ev.finish_reason}
 
-        try:
-            for c in gen.choices:
-                yield _sse(chunk([{"index": c.index,
-                                   "delta": {"role": "assistant", "content": ""},
-                                   "logprobs": None, "finish_reason": None}]))
-            async for c, ev in gen.events():
-                if c.finish_reason == "error":
-                    yield _sse(_engine_error(c).body())
-                    break
-                has_token = ev.token_id is not None and creq.logprobs
-                if not ev.text and ev.finish_reason is None and not has_token:
-                    continue
-                delta = {"content": ev.text} if ev.text else {}
-                logprobs = self._chat_logprobs(llm, c, len(c.logprobs) - 1) if has_token \
-                    else None
-                yield _sse(chunk([{"index": c.index, "delta": delta, "logprobs": logprobs,
-                                   "finish_reason": ev.finish_reason}]))
-            else:
-                if creq.include_usage:
-                    final = chunk([])
-                    final["usage"] = _usage(prompt_tokens, gen.choices)
-                    yield _sse(final)
-            yield _sse("[DONE]")
-        except ApiError as exc:
-            yield _sse(exc.body())
-            yield _sse("[DONE]")
-        finally:
-            gen.close()
+        async for line in self._sse_events(gen, rid, created, "chat.completion.chunk",
+                                           creq.include_usage, prompt_tokens, head, choice):
+            yield line
 
     # ---- the rest -----------------------------------------------------------------------
 
