@@ -8,9 +8,6 @@ bound by memory bandwidth, so the weight bytes read per token are printed beside
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -20,6 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests" / "python"))
 
 from ember import LLM, SamplingParams  # noqa: E402
+from ember.bench import write_cpu_result  # noqa: E402
 from tiny_models import write_tiny_model  # noqa: E402
 
 SMOLLM2_SHAPE = dict(vocab=49152, hidden=576, layers=30, heads=9, kv_heads=3, ffn=1536, tied=True)
@@ -89,16 +87,7 @@ def main() -> None:
     for r in rows:
         pp, tg = max(r["prefill_tok_s"]), max(r["decode_tok_s"])
         print(f"{r['dtype']:<10}{pp:>16.1f}{tg:>16.1f}{r['decode_weight_gb_s']:>14.2f}")
-    result = {
-        "benchmark": "cpu_smollm2_shape",
-        "machine": platform.processor() or platform.machine(),
-        "cpus": os.cpu_count(),
-        "date": time.strftime("%Y-%m-%d"),
-        "rows": rows,
-    }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_cpu_result(args.out, "cpu_smollm2_shape", rows)
 
 
 if __name__ == "__main__":

@@ -10,13 +10,12 @@ Writes JSON under bench/results/.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import time
 from pathlib import Path
 
 from ember import LLM, SamplingParams
+from ember.bench import write_cpu_result
 from ember.default_model import default_model_path
 from ember.model_info import model_facts
 
@@ -92,17 +91,7 @@ def main() -> None:
         lo, hi = min(r["load_avg_1m"]), max(r["load_avg_1m"])
         print(f"{r['weights']:<10}{pp:>16.1f}{tg:>16.1f}{r['decode_weight_gb_s']:>14.2f}"
               f"{lo:>10.2f}-{hi:.2f}")
-    result = {
-        "benchmark": "cpu_gguf",
-        "model": Path(path).name,
-        "machine": platform.processor() or platform.machine(),
-        "cpus": os.cpu_count(),
-        "date": time.strftime("%Y-%m-%d"),
-        "rows": rows,
-    }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_cpu_result(args.out, "cpu_gguf", rows, model=Path(path).name)
 
 
 if __name__ == "__main__":

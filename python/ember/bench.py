@@ -113,6 +113,24 @@ class TestResult:
     stages: list[dict[str, float]] | None = None
 
 
+def write_cpu_result(out: str, benchmark: str, rows: list[dict[str, Any]], **extra: Any) -> None:
+    """The JSON the CPU benchmark scripts write: what ran, on which machine, when, and the rows."""
+    import os
+    from pathlib import Path
+
+    result = {
+        "benchmark": benchmark,
+        **extra,
+        "machine": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "date": time.strftime("%Y-%m-%d"),
+        "rows": rows,
+    }
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
 def mean_sd(values: Sequence[float]) -> tuple[float, float]:
     if not values:
         return 0.0, 0.0
