@@ -90,7 +90,7 @@ def test_pipeline_stages_equal_one_stage(
 
 @pytest.mark.parametrize("edge", [3, 0, None], ids=["edge-3", "edge-off", "edge-auto"])
 def test_edge_chunks_equal_one_stage(four_layer_model, baseline, make_llm, edge):
-    """Small first and last chunks around large middle ones (the pipeline default) change nothing."""
+    """Small first and last chunks around large middle ones (pipeline default) change nothing."""
     kwargs = {"chunk_size": 11} if edge is not None else {}
     llm = make_llm(four_layer_model, devices=["cpu", "cpu"], edge_chunk_size=edge, **kwargs)
     ids, logits = run(llm, [LONG_PROMPT], 8)
