@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "backend/cpu/cpu_kernels.h"
+#include "backend/cpu/cpu_matmul_tiles.h"
 #include "backend/cpu/cpu_simd.h"
 #include "ember/error.h"
 
@@ -12,10 +13,6 @@ namespace ember::cpu {
 namespace {
 
 constexpr int64_t kBlock = 32;
-constexpr int64_t kWeightBlockBytes = 256 * 1024;
-constexpr int64_t kRowChunk = 64;
-constexpr int64_t kBlocksPerThread = 4;
-constexpr int64_t kParallelMacs = 1 << 15;
 
 inline float half_at(const uint8_t* p) {
   uint16_t h;
@@ -219,22 +216,10 @@ void run(const Q16Block* x, int64_t rows, int64_t k, const uint8_t* w, int64_t c
          float* out, int num_threads) {
   const int64_t nb_k = k / kBlock;
   const size_t row_bytes = dtype_nbytes(WT, k);
-  const int64_t threads = std::max(1, num_threads);
-  int64_t nb = (cols + kBlocksPerThread * threads - 1) / (kBlocksPerThread * threads);
-  if (rows > 4) nb = std::min(nb, std::max<int64_t>(8, kWeightBlockBytes / static_cast<int64_t>(row_bytes)));
-  nb = std::max<int64_t>(4, (nb + 3) / 4 * 4);
-  const int64_t n_blocks = (cols + nb - 1) / nb;
-  const int64_t row_chunk = rows > kRowChunk ? kRowChunk : rows;
-  const int64_t r_blocks = (rows + row_chunk - 1) / row_chunk;
-  const int64_t work = rows * cols * k;
-  const int64_t items = n_blocks * r_blocks;
-#pragma omp parallel for schedule(dynamic, 1) num_threads(num_threads) if (work >= kParallelMacs && threads > 1)
-  for (int64_t it = 0; it < items; ++it) {
-    const int64_t rb = it / n_blocks, cb = it % n_blocks;
-    const int64_t t0 = rb * row_chunk, t1 = std::min(rows, t0 + row_chunk);
-    const int64_t n0 = cb * nb, n1 = std::min(cols, n0 + nb);
-    block<Avx, WT>(x, t0, t1, nb_k, w, row_bytes, n0, n1, bias, out, cols);
-  }
+  for_each_matmul_tile(rows, cols, k, static_cast<int64_t>(row_bytes), num_threads,
+                       [&](int64_t t0, int64_t t1, int64_t n0, int64_t n1) {
+                         block<Avx, WT>(x, t0, t1, nb_k, w, row_bytes, n0, n1, bias, out, cols);
+                       });
 }
 
 template <bool Avx>
