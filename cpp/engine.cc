@@ -268,17 +268,17 @@ void Engine::Impl::build_stages(const ModelFiles& files) {
   // every core for their own matmuls, so they sleep at once.
   const auto hand_off_spin = std::chrono::microseconds(cpu_stages == 0 ? 20000 : 0);
   inbox_.set_spin(hand_off_spin);
+  if (S > 1) {
+    std::shared_ptr<SlotFence> fence = make_slot_fence(stages_[0]->backend(), stages_[S - 1]->backend(), num_slots());
+    stages_[0]->set_slot_fence(fence);
+    stages_[S - 1]->set_slot_fence(fence);
+  }
   for (int s = 0; s < S; ++s) {
     StageWorker* next = s + 1 < S ? stages_[s + 1].get() : nullptr;
     std::unique_ptr<Transport> t;
     if (next) {
       const size_t bytes = static_cast<size_t>(max_tokens * cfg_.hidden_size) * 4;
       t = make_stage_transport(stages_[s]->backend(), next->backend(), opts_.transport, bytes, num_slots());
-    }
-    if (s == 0 && S > 1) {
-      std::shared_ptr<SlotFence> fence = make_slot_fence(stages_[0]->backend(), stages_[S - 1]->backend(), num_slots());
-      stages_[0]->set_slot_fence(fence);
-      stages_[S - 1]->set_slot_fence(fence);
     }
     stages_[s]->start(next, std::move(t), [this](StageResult r) { inbox_.push(std::move(r)); }, hand_off_spin);
   }
