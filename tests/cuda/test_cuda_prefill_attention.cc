@@ -140,20 +140,37 @@ class CudaPrefillAttention : public testing::TestWithParam<std::tuple<PrefillCas
   void SetUp() override { EMBER_REQUIRE_GPU(); }
 };
 
+// One case's step, random q and caches on the GPU, and the host reference output.
+struct CaseInputs {
+  CaseInputs(const PrefillCase& c, DType dt, Backend& gpu) {
+    int64_t slots = 0;
+    m = make_step(c.seqs, c.block_size, 18, &slots);
+    T = m.query_start.back();
+    auto q = random_values(static_cast<size_t>(T) * c.Hq * c.D, dt, 19, -2.0f, 2.0f);
+    auto kc = random_values(static_cast<size_t>(slots) * c.Hk * c.D, dt, 20, -2.0f, 2.0f);
+    auto vc = random_values(static_cast<size_t>(slots) * c.Hk * c.D, dt, 21);
+    gq = upload(gpu, q, dt, {T, c.Hq, c.D});
+    gk = upload(gpu, kc, dt, {slots, c.Hk, c.D});
+    gv = upload(gpu, vc, dt, {slots, c.Hk, c.D});
+    scale = 1.0f / std::sqrt(static_cast<float>(c.D));
+    want = reference(q, kc, vc, m, c.Hq, c.Hk, c.D, scale);
+  }
+  StepMeta m;
+  int64_t T = 0;
+  Owned gq, gk, gv;
+  float scale = 0.0f;
+  std::vector<float> want;
+};
+
 TEST_P(CudaPrefillAttention, MatchesHostReference) {
   const auto& [c, dt] = GetParam();
   Backend& gpu = cuda_backend();
-  int64_t slots = 0;
-  StepMeta m = make_step(c.seqs, c.block_size, 18, &slots);
-  const int64_t T = m.query_start.back();
-  auto q = random_values(static_cast<size_t>(T) * c.Hq * c.D, dt, 19, -2.0f, 2.0f);
-  auto kc = random_values(static_cast<size_t>(slots) * c.Hk * c.D, dt, 20, -2.0f, 2.0f);
-  auto vc = random_values(static_cast<size_t>(slots) * c.Hk * c.D, dt, 21);
-  auto gq = upload(gpu, q, dt, {T, c.Hq, c.D});
-  auto gk = upload(gpu, kc, dt, {slots, c.Hk, c.D});
-  auto gv = upload(gpu, vc, dt, {slots, c.Hk, c.D});
-  const float scale = 1.0f / std::sqrt(static_cast<float>(c.D));
-  const auto want = reference(q, kc, vc, m, c.Hq, c.Hk, c.D, scale);
+  CaseInputs in(c, dt, gpu);
+  const StepMeta& m = in.m;
+  const int64_t T = in.T;
+  auto &gq = in.gq, &gk = in.gk, &gv = in.gv;
+  const float scale = in.scale;
+  const auto& want = in.want;
 
   std::vector<float> first;
   for (int run = 0; run < 2; ++run) {  // fresh poisoned output each time; the two runs must agree exactly
@@ -232,17 +249,12 @@ TEST(CudaPrefillAttentionShapes, EveryShapeMatchesHostReference) {
   for (const PrefillCase& c : kCases) {
     if (!cuda::prefill_attention_mma_supported(DType::BF16, c.D)) continue;
     for (DType dt : {DType::F16, DType::BF16}) {
-      int64_t slots = 0;
-      StepMeta m = make_step(c.seqs, c.block_size, 18, &slots);
-      const int64_t T = m.query_start.back();
-      auto q = random_values(static_cast<size_t>(T) * c.Hq * c.D, dt, 19, -2.0f, 2.0f);
-      auto kc = random_values(static_cast<size_t>(slots) * c.Hk * c.D, dt, 20, -2.0f, 2.0f);
-      auto vc = random_values(static_cast<size_t>(slots) * c.Hk * c.D, dt, 21);
-      auto gq = upload(gpu, q, dt, {T, c.Hq, c.D});
-      auto gk = upload(gpu, kc, dt, {slots, c.Hk, c.D});
-      auto gv = upload(gpu, vc, dt, {slots, c.Hk, c.D});
-      const float scale = 1.0f / std::sqrt(static_cast<float>(c.D));
-      const auto want = reference(q, kc, vc, m, c.Hq, c.Hk, c.D, scale);
+      CaseInputs in(c, dt, gpu);
+      const StepMeta& m = in.m;
+      const int64_t T = in.T;
+      auto &gq = in.gq, &gk = in.gk, &gv = in.gv;
+      const float scale = in.scale;
+      const auto& want = in.want;
       const DeviceStep ds = gpu.upload_step(m);
       gpu.synchronize();
       const int max_seq_len = *std::max_element(m.seq_lens.begin(), m.seq_lens.end());
