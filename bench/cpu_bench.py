@@ -10,14 +10,13 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests" / "python"))
 
-from ember import LLM, SamplingParams  # noqa: E402
-from ember.bench import write_cpu_result  # noqa: E402
+from ember import LLM  # noqa: E402
+from ember.bench import cpu_prefill_decode, write_cpu_result  # noqa: E402
 from tiny_models import write_tiny_model  # noqa: E402
 
 SMOLLM2_SHAPE = dict(vocab=49152, hidden=576, layers=30, heads=9, kv_heads=3, ffn=1536, tied=True)
@@ -45,16 +44,7 @@ def run(dtype: str, prompt_len: int, new_tokens: int, threads: int, repeats: int
             str(path), num_threads=threads, skip_tokenizer_init=True, max_num_batched_tokens=2048
         )
         prompt = [(i * 37 + 11) % 49152 for i in range(prompt_len)]
-        llm.generate([prompt[:16]], SamplingParams(max_tokens=4, temperature=0))  # warm-up
-        pp, tg = [], []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            llm.generate([prompt], SamplingParams(max_tokens=1, temperature=0))
-            pp.append(prompt_len / (time.perf_counter() - t0))
-            out = llm.generate(
-                [prompt[:8]], SamplingParams(max_tokens=new_tokens, temperature=0, ignore_eos=True)
-            )[0]
-            tg.append(out.metrics.decode_tokens_per_s)
+        pp, tg, _ = cpu_prefill_decode(llm, prompt, new_tokens, repeats)
         llm.close()
     wb = weight_bytes(dtype)
     best_tg = max(tg)

@@ -10,12 +10,10 @@ Writes JSON under bench/results/.
 from __future__ import annotations
 
 import argparse
-import os
-import time
 from pathlib import Path
 
-from ember import LLM, SamplingParams
-from ember.bench import write_cpu_result
+from ember import LLM
+from ember.bench import cpu_prefill_decode, write_cpu_result
 from ember.default_model import default_model_path
 from ember.model_info import model_facts
 
@@ -43,17 +41,7 @@ def run(path: str, quantized: bool, prompt_len: int, new_tokens: int, threads: i
               max_model_len=max(1024, prompt_len + new_tokens + 16))
     vocab = int(llm.config["vocab_size"])
     prompt = [(i * 37 + 11) % vocab for i in range(prompt_len)]
-    llm.generate([prompt[:16]], SamplingParams(max_tokens=4, temperature=0))  # warm-up
-    pp, tg, load = [], [], []
-    for _ in range(repeats):
-        load.append(os.getloadavg()[0])
-        t0 = time.perf_counter()
-        llm.generate([prompt], SamplingParams(max_tokens=1, temperature=0))
-        pp.append(prompt_len / (time.perf_counter() - t0))
-        out = llm.generate(
-            [prompt[:8]], SamplingParams(max_tokens=new_tokens, temperature=0, ignore_eos=True)
-        )[0]
-        tg.append(out.metrics.decode_tokens_per_s)
+    pp, tg, load = cpu_prefill_decode(llm, prompt, new_tokens, repeats)
     llm.close()
     wb = matrix_bytes_per_token(path, quantized)
     return {

@@ -113,6 +113,29 @@ class TestResult:
     stages: list[dict[str, float]] | None = None
 
 
+def cpu_prefill_decode(
+    llm: Any, prompt: list[int], new_tokens: int, repeats: int
+) -> tuple[list[float], list[float], list[float]]:
+    """The CPU scripts' measurement after a warm-up: per repeat, prefill tok/s of `prompt`, decode
+    tok/s of `new_tokens` after an 8-token prompt, and the 1-minute load average before it."""
+    import os
+
+    from ember import SamplingParams
+
+    llm.generate([prompt[:16]], SamplingParams(max_tokens=4, temperature=0))  # warm-up
+    pp, tg, load = [], [], []
+    for _ in range(repeats):
+        load.append(os.getloadavg()[0])
+        t0 = time.perf_counter()
+        llm.generate([prompt], SamplingParams(max_tokens=1, temperature=0))
+        pp.append(len(prompt) / (time.perf_counter() - t0))
+        out = llm.generate(
+            [prompt[:8]], SamplingParams(max_tokens=new_tokens, temperature=0, ignore_eos=True)
+        )[0]
+        tg.append(float(out.metrics.decode_tokens_per_s))
+    return pp, tg, load
+
+
 def write_cpu_result(out: str, benchmark: str, rows: list[dict[str, Any]], **extra: Any) -> None:
     """The JSON the CPU benchmark scripts write: what ran, on which machine, when, and the rows."""
     import os
