@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <functional>
 #include <numeric>
 #include <string>
 
@@ -330,6 +331,30 @@ double causal_flops(int past, int chunk, int Hq, int D) {
 
 void check_cuda(cudaError_t e, const char* what) { ASSERT_EQ(e, cudaSuccess) << what << ": " << cudaGetErrorString(e); }
 
+// Kernel time of `launch` in ms: median of five runs timed with events on the default stream,
+// after one warm-up run.
+float median_ms(const std::function<void()>& launch) {
+  cudaEvent_t e0, e1;
+  check_cuda(cudaEventCreate(&e0), "event");
+  check_cuda(cudaEventCreate(&e1), "event");
+  launch();
+  check_cuda(cudaDeviceSynchronize(), "warm-up");
+  std::vector<float> t;
+  for (int r = 0; r < 5; ++r) {
+    check_cuda(cudaEventRecord(e0, nullptr), "record");
+    launch();
+    check_cuda(cudaEventRecord(e1, nullptr), "record");
+    check_cuda(cudaEventSynchronize(e1), "sync");
+    float x = 0.0f;
+    check_cuda(cudaEventElapsedTime(&x, e0, e1), "elapsed");
+    t.push_back(x);
+  }
+  cudaEventDestroy(e0);
+  cudaEventDestroy(e1);
+  std::sort(t.begin(), t.end());
+  return t[t.size() / 2];
+}
+
 // One sequence of `total` tokens whose pages are scrambled, prefilled in chunks: each chunk step
 // sees the earlier chunks as its past.
 std::vector<StepMeta> chunk_steps(int total, int chunk, int block_size, int64_t* slots) {
@@ -436,9 +461,6 @@ TEST(CudaPrefillAttentionBench, DISABLED_Llama3_8B_Shapes) {
   std::printf("TFLOP/s by kernel shape (kernel time only)\n%-12s %8s", "prompt/chunk", "auto");
   for (int i = 0; i < n; ++i) std::printf(" %14s", cuda::prefill_attention_mma_shape_name(i));
   std::printf("\n");
-  cudaEvent_t e0, e1;
-  check_cuda(cudaEventCreate(&e0), "event");
-  check_cuda(cudaEventCreate(&e1), "event");
   for (auto [total, chunk] : std::vector<std::pair<int, int>>{{2048, 2048}, {2048, 512}, {8192, 8192}, {8192, 512}}) {
     int64_t slots = 0;
     const std::vector<StepMeta> steps = chunk_steps(total, chunk, kBlock, &slots);
@@ -454,22 +476,9 @@ TEST(CudaPrefillAttentionBench, DISABLED_Llama3_8B_Shapes) {
       gpu.synchronize();
       const PrefillMmaArgs a = mma_args(q.t, kc.t, vc.t, out.t, ds, m, Hq, Hk, D, scale);
       for (int shape = -1; shape < n; ++shape) {
-        auto launch = [&] {
+        ms[shape + 1] += median_ms([&] {
           check_cuda(cuda::launch_prefill_attention_mma_shape(a, dt, shape, nullptr), "prefill mma");
-        };
-        launch();
-        std::vector<float> t;
-        for (int r = 0; r < 5; ++r) {
-          check_cuda(cudaEventRecord(e0, nullptr), "record");
-          launch();
-          check_cuda(cudaEventRecord(e1, nullptr), "record");
-          check_cuda(cudaEventSynchronize(e1), "sync");
-          float x = 0.0f;
-          check_cuda(cudaEventElapsedTime(&x, e0, e1), "elapsed");
-          t.push_back(x);
-        }
-        std::sort(t.begin(), t.end());
-        ms[shape + 1] += t[t.size() / 2];
+        });
       }
     }
     char label[64];
@@ -480,8 +489,6 @@ TEST(CudaPrefillAttentionBench, DISABLED_Llama3_8B_Shapes) {
     for (int i = 1; i <= n; ++i) std::printf(", %.3f", ms[i]);
     std::printf(")\n");
   }
-  cudaEventDestroy(e0);
-  cudaEventDestroy(e1);
 }
 
 // Kernel time of a whole chunked prompt (attention and merge of every chunk step launched back to
@@ -498,9 +505,6 @@ TEST(CudaPrefillAttentionBench, DISABLED_Llama3_8B_Splits) {
               "brackets)\n%-13s %8s", "prompt/chunk", "GFLOP");
   for (int v : variants) std::printf("  %17s", v == 0 ? "auto" : (std::to_string(v) + " split").c_str());
   std::printf("\n");
-  cudaEvent_t e0, e1;
-  check_cuda(cudaEventCreate(&e0), "event");
-  check_cuda(cudaEventCreate(&e1), "event");
   Buffer ws;
   for (auto [total, chunk] : std::vector<std::pair<int, int>>{
            {2048, 2048}, {8192, 8192}, {8192, 1024}, {8192, 512}, {8192, 256}, {32768, 512}}) {
@@ -547,23 +551,9 @@ TEST(CudaPrefillAttentionBench, DISABLED_Llama3_8B_Splits) {
         a.part_acc = static_cast<float*>(ws.get());
         a.part_ml = a.part_acc + per_split * a.num_splits * D;
       }
-      auto run_all = [&] {
+      ms[i] = median_ms([&] {
         for (const PrefillMmaArgs& a : args) check_cuda(cuda::launch_prefill_attention_mma(a, dt, nullptr), "prefill mma");
-      };
-      run_all();
-      check_cuda(cudaDeviceSynchronize(), "warm-up");
-      std::vector<float> t;
-      for (int r = 0; r < 5; ++r) {
-        check_cuda(cudaEventRecord(e0, nullptr), "record");
-        run_all();
-        check_cuda(cudaEventRecord(e1, nullptr), "record");
-        check_cuda(cudaEventSynchronize(e1), "sync");
-        float x = 0.0f;
-        check_cuda(cudaEventElapsedTime(&x, e0, e1), "elapsed");
-        t.push_back(x);
-      }
-      std::sort(t.begin(), t.end());
-      ms[i] = t[t.size() / 2];
+      });
     }
     // The last chunk's output, automatic split count against one split.
     const double diff = rel_error(download(gpu, out_auto.t), download(gpu, out_one.t));
@@ -577,8 +567,6 @@ TEST(CudaPrefillAttentionBench, DISABLED_Llama3_8B_Splits) {
     }
     std::printf("   (auto vs 1 split rel diff %.2e)\n", diff);
   }
-  cudaEventDestroy(e0);
-  cudaEventDestroy(e1);
 }
 
 }  // namespace
