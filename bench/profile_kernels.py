@@ -82,6 +82,20 @@ def summarize(events: list[tuple[float, float, str]], steps: int, label: str) ->
     }
 
 
+def print_timeline(events: list[tuple[float, float, str]], count: int) -> None:
+    """The first `count` kernels of the step that starts at the middle embedding gather."""
+    starts = [i for i, e in enumerate(events) if "embedding" in e[2]]
+    if not starts:
+        return
+    first = starts[len(starts) // 2]
+    t0 = events[first][0]
+    print(f"\n{'start µs':>9} {'end µs':>9} {'dur':>7}  kernel")
+    for s, e, n in events[first : first + count]:
+        short = n.replace("void ember::cuda::(anonymous namespace)::", "").split(">(")[0]
+        short = short.replace("__nv_bfloat16", "bf16").replace("ember::cuda::", "")
+        print(f"{s - t0:9.1f} {e - t0:9.1f} {e - s:7.1f}  {short[:90]}")
+
+
 def main() -> None:
     import torch
     from torch.profiler import ProfilerActivity, profile
@@ -96,6 +110,13 @@ def main() -> None:
     ap.add_argument("--no-cuda-graphs", action="store_true")
     ap.add_argument("--chunk-size", type=int, default=0)
     ap.add_argument("--json", type=Path)
+    ap.add_argument(
+        "--timeline",
+        type=int,
+        default=0,
+        metavar="N",
+        help="print the first N kernels of one mid-run decode step: start, end (µs) and name",
+    )
     args = ap.parse_args()
 
     torch.cuda.init()
@@ -131,6 +152,8 @@ def main() -> None:
         )
     )
     results[-1]["runtime_calls"] = calls
+    if args.timeline:
+        print_timeline(ev, args.timeline)
     if args.prompt:
         llm.generate([prompt(args.prompt, 4)], SamplingParams(max_tokens=1, ignore_eos=True))
         with profile(activities=[ProfilerActivity.CUDA]) as prof:

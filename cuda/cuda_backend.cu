@@ -6,7 +6,6 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
-#include <cstdlib>
 #include <cstring>
 #include <unordered_map>
 
@@ -111,11 +110,6 @@ cudaDataType_t cuda_type(DType t) {
 }
 
 size_t align16(size_t n) { return (n + 15) / 16 * 16; }
-
-bool env_flag(const char* name) {
-  const char* v = std::getenv(name);
-  return v && *v && std::strcmp(v, "0") != 0;
-}
 
 // The fields every paged-attention kernel takes (decode, prefill, tensor-core prefill); each
 // caller adds its own work decomposition.
@@ -249,16 +243,6 @@ class CudaBackendImpl final : public CudaBackend {
   }
 
   void matmul(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& out) override;
-
-  bool fuses_small_matmuls(int64_t num_tokens, DType act) const override {
-    return fuse_small_matmuls_ && num_tokens >= 1 && num_tokens <= kGemvCutoffTokens &&
-           (act == DType::BF16 || act == DType::F16);
-  }
-  void norm_matmul(const Tensor& x, const Tensor& norm_w, float eps, const Tensor& w, const Tensor* bias, Tensor& out,
-                   Tensor& normed_scratch) override;
-  void norm_matmul_swiglu(const Tensor& x, const Tensor& norm_w, float eps, const Tensor& w, Tensor& out,
-                          Tensor& normed_scratch, Tensor& gate_up_scratch) override;
-  void matmul_add(const Tensor& x, const Tensor& w, Tensor& residual, Tensor& product_scratch) override;
 
   void rope(Tensor& q, Tensor& k, const int32_t* positions, const float* inv_freq, bool neox) override {
     DeviceGuard g(device_);
@@ -433,16 +417,6 @@ class CudaBackendImpl final : public CudaBackend {
   int attn_heads_ = 0;
   int attn_kv_heads_ = 0;
 
-  struct MatmulDims {
-    int64_t T, N, K;
-  };
-  // x [T, K] @ w [N, K]^T into out [T, N / out_cols_div] (2: SwiGLU halves), optional F32 bias [N].
-  MatmulDims check_matmul(const char* op, const Tensor& x, const Tensor& w, const Tensor* bias, const Tensor& out,
-                          int64_t out_cols_div);
-  // One fused small-T matmul kernel if it takes this call; false: the caller composes plain ops.
-  bool launch_fused(const char* op, const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& out, int64_t T,
-                    int64_t N, int64_t K, const GemvFusion& f);
-
   int64_t check_norm(const std::string& op, const Tensor& x, const Tensor& w, const Tensor& out) {
     require_float(op, "x", x);
     require_same(op, "x", x, "out", out);
@@ -454,8 +428,6 @@ class CudaBackendImpl final : public CudaBackend {
   }
 
   CudaBackendOptions opts_;
-  // EMBER_NO_FUSED_DECODE=1: decode runs norm, matmul, add and SwiGLU as separate kernels (A/B runs).
-  const bool fuse_small_matmuls_ = !env_flag("EMBER_NO_FUSED_DECODE");
   int device_;
   cudaDeviceProp props_{};
   std::shared_ptr<DeviceArena> arena_;
@@ -543,24 +515,18 @@ DeviceStep CudaBackendImpl::upload_step(const StepMeta& meta) {
   return step;
 }
 
-CudaBackendImpl::MatmulDims CudaBackendImpl::check_matmul(const char* op, const Tensor& x, const Tensor& w,
-                                                          const Tensor* bias, const Tensor& out, int64_t out_cols_div) {
-  require_float(op, "x", x);
-  require_same(op, "x", x, "w", w);
-  require_same(op, "x", x, "out", out);
-  if (w.ndim() != 2 || x.shape.empty()) bad(op, "w must be [N, K] and x [T, K]; got w " + shape_of(w));
-  const int64_t N = w.dim(0), K = w.dim(1);
-  const int64_t T = x.numel() / std::max<int64_t>(K, 1);
-  if (N % out_cols_div != 0 || x.numel() != T * K || out.numel() != T * (N / out_cols_div))
-    bad(op, "x " + shape_of(x) + " @ w " + shape_of(w) + "^T does not fit out " + shape_of(out));
-  if (bias && (bias->dtype != DType::F32 || bias->numel() != N))
-    bad(op, "bias must be F32 [" + std::to_string(N) + "], got " + dtype_name(bias->dtype) + " " + shape_of(*bias));
-  return {T, N, K};
-}
-
 void CudaBackendImpl::matmul(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& out) {
   DeviceGuard g(device_);
-  const auto [T, N, K] = check_matmul("matmul", x, w, bias, out, 1);
+  require_float("matmul", "x", x);
+  require_same("matmul", "x", x, "w", w);
+  require_same("matmul", "x", x, "out", out);
+  if (w.ndim() != 2 || x.shape.empty()) bad("matmul", "w must be [N, K] and x [T, K]; got w " + shape_of(w));
+  const int64_t N = w.dim(0), K = w.dim(1);
+  const int64_t T = x.numel() / std::max<int64_t>(K, 1);
+  if (x.numel() != T * K || out.numel() != T * N)
+    bad("matmul", "x " + shape_of(x) + " @ w " + shape_of(w) + "^T does not fit out " + shape_of(out));
+  if (bias && (bias->dtype != DType::F32 || bias->numel() != N))
+    bad("matmul", "bias must be F32 [" + std::to_string(N) + "], got " + dtype_name(bias->dtype) + " " + shape_of(*bias));
   if (T == 0) return;
   if (T <= kGemvCutoffTokens && gemv_supports(x.data, w.data, T, N, K, x.dtype)) {  // decode: bias fused
     EMBER_CUDA_CHECK_OP("matmul", launch_gemv(x.data, w.data, bias ? bias->as<float>() : nullptr, out.data, T, N,
@@ -577,45 +543,6 @@ void CudaBackendImpl::matmul(const Tensor& x, const Tensor& w, const Tensor* bia
                                   CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
   if (bias)
     EMBER_CUDA_CHECK_OP("matmul bias", launch_add_bias(out.data, bias->as<float>(), T, N, out.dtype, stream_));
-}
-
-bool CudaBackendImpl::launch_fused(const char* op, const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& out,
-                                   int64_t T, int64_t N, int64_t K, const GemvFusion& f) {
-  if (!fuses_small_matmuls(T, x.dtype) || !gemv_fused_supports(x.data, w.data, T, N, K, x.dtype, f)) return false;
-  EMBER_CUDA_CHECK_OP(op, launch_gemv_fused(x.data, w.data, bias ? bias->as<float>() : nullptr, out.data, T, N, K,
-                                            x.dtype, f, stream_));
-  return true;
-}
-
-void CudaBackendImpl::norm_matmul(const Tensor& x, const Tensor& norm_w, float eps, const Tensor& w, const Tensor* bias,
-                                  Tensor& out, Tensor& normed_scratch) {
-  DeviceGuard g(device_);
-  const auto [T, N, K] = check_matmul("norm_matmul", x, w, bias, out, 1);
-  if (check_norm("norm_matmul", x, norm_w, x) != K)
-    bad("norm_matmul", "norm weight " + shape_of(norm_w) + " must have K = " + std::to_string(K) + " entries");
-  if (T == 0) return;
-  if (!launch_fused("norm_matmul", x, w, bias, out, T, N, K, {GemvMode::kNorm, norm_w.as<float>(), eps}))
-    Backend::norm_matmul(x, norm_w, eps, w, bias, out, normed_scratch);
-}
-
-void CudaBackendImpl::norm_matmul_swiglu(const Tensor& x, const Tensor& norm_w, float eps, const Tensor& w, Tensor& out,
-                                         Tensor& normed_scratch, Tensor& gate_up_scratch) {
-  DeviceGuard g(device_);
-  const auto [T, N, K] = check_matmul("norm_matmul_swiglu", x, w, nullptr, out, 2);
-  if (check_norm("norm_matmul_swiglu", x, norm_w, x) != K)
-    bad("norm_matmul_swiglu", "norm weight " + shape_of(norm_w) + " must have K = " + std::to_string(K) + " entries");
-  if (T == 0) return;
-  if (!launch_fused("norm_matmul_swiglu", x, w, nullptr, out, T, N / 2, K,
-                    {GemvMode::kNormSwiGLU, norm_w.as<float>(), eps}))
-    Backend::norm_matmul_swiglu(x, norm_w, eps, w, out, normed_scratch, gate_up_scratch);
-}
-
-void CudaBackendImpl::matmul_add(const Tensor& x, const Tensor& w, Tensor& residual, Tensor& product_scratch) {
-  DeviceGuard g(device_);
-  const auto [T, N, K] = check_matmul("matmul_add", x, w, nullptr, residual, 1);
-  if (T == 0) return;
-  if (!launch_fused("matmul_add", x, w, nullptr, residual, T, N, K, {GemvMode::kAdd, nullptr, 0.0f}))
-    Backend::matmul_add(x, w, residual, product_scratch);
 }
 
 const PrefillWorkItem* CudaBackendImpl::prefill_items(int group) {

@@ -60,22 +60,14 @@ void DecoderStage::forward(const DeviceStep& step, Tensor x) {
   Tensor gate_up = ws(kGateUp, {T, 2 * F}), act = ws(kAct, {T, F});
   const int64_t qs = cfg_.q_size(), ks = cfg_.kv_size();
 
-  // Decode-sized steps fold each norm into the matmul after it and each residual add into the
-  // matmul before it; larger steps run the ops one by one, the residual add fused into the norm.
-  const bool fused = backend_.fuses_small_matmuls(T, act_dtype_);
   for (size_t li = 0; li < weights_.layers.size(); ++li) {
     const LayerWeights& L = weights_.layers[li];
+    // The previous layer's MLP residual add is fused into this norm (add_rms_norm below).
+    if (li == 0) backend_.rms_norm(x, L.attn_norm, eps, normed);
     // One GEMM over the fused q|k|v weights, then split into q (rotated) and the rotated k and v
     // in the cache: one fused op without q/k norm, the separate steps with it (Qwen3).
     Tensor qkv = ws(kQkv, {T, qs + 2 * ks});
-    const Tensor* qkv_bias = L.qkv_bias.data ? &L.qkv_bias : nullptr;
-    if (fused) {
-      backend_.norm_matmul(x, L.attn_norm, eps, L.qkv, qkv_bias, qkv, normed);
-    } else {
-      // The previous layer's MLP residual add is fused into this norm (add_rms_norm below).
-      if (li == 0) backend_.rms_norm(x, L.attn_norm, eps, normed);
-      backend_.matmul(normed, L.qkv, qkv_bias, qkv);
-    }
+    backend_.matmul(normed, L.qkv, L.qkv_bias.data ? &L.qkv_bias : nullptr, qkv);
     Tensor q3 = q.reshaped({T, Hq, D});
     if (!L.q_norm.data) {
       backend_.qkv_rope_kv_write(qkv, Hq, Hk, D, step.positions, weights_.inv_freq.as<float>(), cfg_.rope_neox,
@@ -94,12 +86,6 @@ void DecoderStage::forward(const DeviceStep& step, Tensor x) {
     }
     Tensor attn3 = attn.reshaped({T, Hq, D});
     backend_.attention(q3, kv_[li].k, kv_[li].v, step, scale, attn3);
-    if (fused) {
-      backend_.matmul_add(attn, L.o_proj, x, tmp);
-      backend_.norm_matmul_swiglu(x, L.mlp_norm, eps, L.gate_up, act, normed, gate_up);
-      backend_.matmul_add(act, L.down, x, tmp);
-      continue;
-    }
     backend_.matmul(attn, L.o_proj, nullptr, tmp);
     backend_.add_rms_norm(x, tmp, L.mlp_norm, eps, normed);
     backend_.matmul(normed, L.gate_up, nullptr, gate_up);
@@ -118,14 +104,9 @@ Tensor DecoderStage::compute_logits(const DeviceStep& step, const Tensor& x) {
   if (N > max_logits_) throw EngineError("step samples " + std::to_string(N) + " rows, more than the " + std::to_string(max_logits_) + " reserved");
   Tensor rows = ws(kRows, {N, H}), rows_n = ws(kRowsNormed, {N, H});
   backend_.gather_rows(x, step.logits_indices, N, rows);
-  const float eps = static_cast<float>(cfg_.rms_norm_eps);
+  backend_.rms_norm(rows, weights_.final_norm, static_cast<float>(cfg_.rms_norm_eps), rows_n);
   Tensor logits = ws(kLogits, {N, cfg_.vocab_size});
-  if (backend_.fuses_small_matmuls(N, act_dtype_)) {
-    backend_.norm_matmul(rows, weights_.final_norm, eps, weights_.lm_head, nullptr, logits, rows_n);
-  } else {
-    backend_.rms_norm(rows, weights_.final_norm, eps, rows_n);
-    backend_.matmul(rows_n, weights_.lm_head, nullptr, logits);
-  }
+  backend_.matmul(rows_n, weights_.lm_head, nullptr, logits);
   return logits;
 }
 

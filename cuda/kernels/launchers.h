@@ -73,25 +73,6 @@ bool gemv_supports(const void* x, const void* w, int64_t T, int64_t N, int64_t K
 cudaError_t launch_gemv(const void* x, const void* w, const float* bias, void* out, int64_t T, int64_t N, int64_t K,
                         DType dtype, cudaStream_t stream, GemvShape shape = {});
 
-// Decode's neighbours of a matmul folded into it (T <= kGemvCutoffTokens):
-//   kAdd:        out[T, N] += x @ w^T (+ bias); out is the residual stream, the product rounded to
-//                the dtype before the add, as matmul + add would.
-//   kNorm:       out = (rms_norm(x) * norm_weight) @ w^T (+ bias): every block computes the RMS of
-//                the rows of x it streams anyway; norm_weight F32 [K], 16-byte aligned.
-//   kNormSwiGLU: w is [2N, K] = [gate; up]; out[T, N] = silu(g) * u for [g | u] the kNorm product
-//                (g and u rounded to the dtype first, as matmul + silu_mul would); no bias.
-enum class GemvMode { kPlain, kAdd, kNorm, kNormSwiGLU };
-struct GemvFusion {
-  GemvMode mode = GemvMode::kPlain;
-  const float* norm_weight = nullptr;
-  float eps = 0.0f;
-};
-bool gemv_fused_supports(const void* x, const void* w, int64_t T, int64_t N, int64_t K, DType dtype,
-                         const GemvFusion& fusion);
-cudaError_t launch_gemv_fused(const void* x, const void* w, const float* bias, void* out, int64_t T, int64_t N,
-                              int64_t K, DType dtype, const GemvFusion& fusion, cudaStream_t stream,
-                              GemvShape shape = {});
-
 struct DecodeAttentionArgs {
   const void* q;        // [T, Hq, D], one token per sequence at query_start[s]
   const void* k_cache;  // [num_slots, Hk, D]

@@ -102,22 +102,6 @@ class Backend {
   virtual void sample(const Tensor& logits, const std::vector<SamplingRow>& rows,
                       std::vector<SampleResult>* out) = 0;
 
-  // ---- small-batch fusions: a matmul with the norm before it or the residual add / SwiGLU after ----
-  // Whether the forward should use the three ops below for a step of num_tokens tokens whose
-  // activations are of dtype act. The defaults compose the plain ops through the scratch tensors
-  // the caller passes (same results as calling them in turn); a backend overrides them with one
-  // kernel where it has one and falls back to the defaults for what that kernel cannot take.
-  virtual bool fuses_small_matmuls(int64_t num_tokens, DType act) const { return false; }
-  // out = (rms_norm(x) * norm_w) @ w^T (+ bias); normed_scratch is [T, K] for the default.
-  virtual void norm_matmul(const Tensor& x, const Tensor& norm_w, float eps, const Tensor& w,
-                           const Tensor* bias, Tensor& out, Tensor& normed_scratch);
-  // out[T, F] = silu(g) * u with [g | u] = (rms_norm(x) * norm_w) @ w^T for w [2F, K];
-  // normed_scratch [T, K] and gate_up_scratch [T, 2F] for the default.
-  virtual void norm_matmul_swiglu(const Tensor& x, const Tensor& norm_w, float eps, const Tensor& w,
-                                  Tensor& out, Tensor& normed_scratch, Tensor& gate_up_scratch);
-  // residual += x @ w^T; product_scratch is [T, N] for the default.
-  virtual void matmul_add(const Tensor& x, const Tensor& w, Tensor& residual, Tensor& product_scratch);
-
   // ---- optional: replaying captured op sequences (CUDA graphs of decode steps) ----
   virtual bool supports_graphs() const { return false; }
   // Changes whenever a capture of this step's ops would bake in different sizes or buffers.

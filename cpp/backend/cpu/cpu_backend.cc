@@ -16,8 +16,6 @@
 namespace ember {
 namespace {
 
-constexpr int64_t kFusedTokens = 8;  // decode-sized steps, as on the CUDA backend
-
 std::string dims(const Tensor& t) {
   std::string s = "[";
   for (size_t i = 0; i < t.shape.size(); ++i) s += (i ? ", " : "") + std::to_string(t.shape[i]);
@@ -65,9 +63,6 @@ class CpuBackend final : public Backend {
   }
   void synchronize() override {}
   DType activation_dtype(DType) const override { return DType::F32; }
-  // The composed defaults: decode takes the same forward branch as on a GPU, in the same arithmetic
-  // as the unfused ops (fp32 activations).
-  bool fuses_small_matmuls(int64_t num_tokens, DType) const override { return num_tokens <= kFusedTokens; }
   // F16 stays F16: the AVX2 path widens it with F16C as fast as BF16, at half the bytes of F32;
   // Q4_0 / Q4_1 / Q8_0 stay blocks, which the quantized matmul reads directly.
   DType weight_storage_dtype(DType src) const override { return src; }
