@@ -13,7 +13,6 @@
 #include "device_arena.h"
 #include "ember/cuda_backend.h"
 #include "ember/error.h"
-#include "gemm_tuner.h"
 #include "kernels/launchers.h"
 
 namespace ember {
@@ -166,14 +165,12 @@ class CudaBackendImpl final : public CudaBackend {
     cublas_ws_ = arena_->allocate(kCublasWorkspace, "the cuBLAS workspace");
     EMBER_CUBLAS_CHECK(cublasSetWorkspace(cublas_, cublas_ws_.get(), kCublasWorkspace));
     EMBER_CUBLAS_CHECK(cublasSetMathMode(cublas_, CUBLAS_DEFAULT_MATH));  // no TF32 for F32 models
-    lt_gemm_ = std::make_unique<LtGemm>(stream_, cublas_ws_.get(), kCublasWorkspace);
   }
 
   ~CudaBackendImpl() override {
     cudaSetDevice(device_);
     cudaStreamSynchronize(stream_);
     for (cudaGraphExec_t g : graphs_) cudaGraphExecDestroy(g);
-    lt_gemm_.reset();
     if (cublas_) cublasDestroy(cublas_);
     if (upload_done_) cudaEventDestroy(upload_done_);
     if (items_done_) cudaEventDestroy(items_done_);
@@ -435,7 +432,6 @@ class CudaBackendImpl final : public CudaBackend {
   cudaEvent_t upload_done_ = nullptr;
   cublasHandle_t cublas_ = nullptr;
   Buffer cublas_ws_;
-  std::unique_ptr<LtGemm> lt_gemm_;  // fp16/bf16 GEMMs with a timed algorithm per shape; shares cublas_ws_
   bool capturing_ = false;
   std::vector<cudaGraphExec_t> graphs_;
 
@@ -536,8 +532,7 @@ void CudaBackendImpl::matmul(const Tensor& x, const Tensor& w, const Tensor* bia
   // Row-major out[T, N] = x[T, K] w[N, K]^T is column-major out^T[N, T] = w^T(op T) x^T.
   const float alpha = 1.0f, beta = 0.0f;
   const cudaDataType_t dt = cuda_type(x.dtype);
-  if (!lt_gemm_->run(x.data, w.data, out.data, T, N, K, dt))  // F32, or no cuBLASLt algorithm: cublasGemmEx
-    EMBER_CUBLAS_CHECK(cublasGemmEx(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(N), static_cast<int>(T),
+  EMBER_CUBLAS_CHECK(cublasGemmEx(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(N), static_cast<int>(T),
                                   static_cast<int>(K), &alpha, w.data, dt, static_cast<int>(K), x.data, dt,
                                   static_cast<int>(K), &beta, out.data, dt, static_cast<int>(N),
                                   CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
