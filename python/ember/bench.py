@@ -260,7 +260,11 @@ def sampling(n: int) -> Any:
 def run_prefill(
     llm: Any, prompts: PromptMaker, n_prompt: int, reps: int
 ) -> tuple[list[float], list[float]]:
-    """Prompt tokens over time to first token; returns (tok/s per run, ttft per run)."""
+    """Prompt tokens over time to first token; returns (tok/s per run, ttft per run).
+
+    One untimed run first, as llama-bench does: the first prompt of a length pays one-time costs
+    (the GEMM algorithm timing per shape, attention work-item buffers growing)."""
+    llm.generate([prompts(n_prompt)], sampling(1))
     rates, ttfts = [], []
     for _ in range(reps):
         out = llm.generate([prompts(n_prompt)], sampling(1))
