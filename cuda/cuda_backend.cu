@@ -60,16 +60,24 @@ class DeviceGuard {
   int prev_ = 0;
 };
 
-// Device scratch that grows (only) when a step needs more than any before it.
+// Device scratch that grows (only) when a step needs more than any before it. Growing waits for the
+// stream, so it cannot happen while the stream is being captured: ensure() then throws, which makes
+// the caller abort the capture and run the step eagerly (graph keys include the scratch pointers).
+// With `zeroed`, a new buffer is cleared on the stream before anything later on it runs.
 class DeviceScratch {
  public:
   const void* get() const { return buf_.get(); }
-  void* ensure(DeviceArena& arena, cudaStream_t stream, size_t bytes, const char* what) {
+  void* ensure(DeviceArena& arena, cudaStream_t stream, size_t bytes, const char* what, bool zeroed = false) {
     if (bytes <= buf_.bytes() && buf_.get()) return buf_.get();
+    cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+    EMBER_CUDA_CHECK(cudaStreamIsCapturing(stream, &capture));
+    if (capture != cudaStreamCaptureStatusNone)
+      throw EngineError(std::string("cuda: cannot grow ") + what + " while a graph is being captured");
     size_t want = std::max(bytes, buf_.bytes() * 3 / 2);
     if (buf_.get()) EMBER_CUDA_CHECK(cudaStreamSynchronize(stream));  // in-flight work may still read it
     buf_.reset();
     buf_ = arena.allocate(want, what);
+    if (zeroed) EMBER_CUDA_CHECK(cudaMemsetAsync(buf_.get(), 0, want, stream));
     return buf_.get();
   }
 
@@ -374,6 +382,7 @@ class CudaBackendImpl final : public CudaBackend {
     mix(static_cast<uint64_t>(decode_splits(step.num_seqs, step.max_seq_len)));
     mix(reinterpret_cast<uint64_t>(meta_dev_.get()));
     mix(reinterpret_cast<uint64_t>(attn_partials_.get()));
+    mix(reinterpret_cast<uint64_t>(attn_arrivals_.get()));
     mix(reinterpret_cast<uint64_t>(step.query_start));
     return h;
   }
@@ -450,6 +459,9 @@ class CudaBackendImpl final : public CudaBackend {
   cudaEvent_t items_done_ = nullptr;
 
   DeviceScratch attn_partials_;
+  // Decode's split arrival counters: apart from the partials, whose layout the prefill split path
+  // reuses differently, so that nothing but the decode kernels (which leave them zero) writes them.
+  DeviceScratch attn_arrivals_;
   // Sampling: parameters up, ids/logprobs down.
   PinnedScratch sample_host_;
   DeviceScratch sample_dev_;
@@ -593,6 +605,9 @@ void CudaBackendImpl::attention(const Tensor& q, const Tensor& k_cache, const Te
           attn_partials_.ensure(*arena_, stream_, per * (D + 2) * sizeof(float), "attention split-K partials"));
       a.part_acc = reinterpret_cast<float*>(ws);
       a.part_ml = reinterpret_cast<float*>(ws + per * D * sizeof(float));
+      a.arrivals = static_cast<uint32_t*>(attn_arrivals_.ensure(
+          *arena_, stream_, static_cast<size_t>(step.num_seqs) * Hq * sizeof(uint32_t), "attention split arrivals",
+          /*zeroed=*/true));
     }
     a.num_seqs = step.num_seqs;
     a.num_splits = splits;

@@ -81,8 +81,14 @@ struct DecodeAttentionArgs {
   const int32_t* query_start;
   const int32_t* seq_lens;
   const int32_t* block_tables;
-  float* part_acc;      // [num_seqs, Hq, num_splits, D] when num_splits > 1
+  // With num_splits > 1: each split block leaves a partial softmax state here (part_acc 16-byte
+  // aligned), and the last of a (sequence, head group)'s split blocks to finish merges them into out.
+  float* part_acc;      // [num_seqs, Hq, num_splits, D]
   float* part_ml;       // [num_seqs, Hq, num_splits, 2]
+  // Arrival counters, at least num_seqs * Hq; all zero before a launch, and each launch leaves them
+  // zero, so a workspace zeroed once serves every later launch and graph replay on its stream.
+  // Launches that share them must not overlap (stream order or a chained launch does that).
+  uint32_t* arrivals;
   int num_seqs, num_heads, num_kv_heads, head_dim, max_blocks_per_seq, block_size, num_splits;
   float scale;
 };

@@ -3,8 +3,12 @@
 // one block per (sequence, kv head, up to 8 of its query heads, split of the context), every warp
 // running its own cp.async pipeline of 16-key tiles and doing q.k and p.v on the tensor cores, so
 // that each K/V byte is read once for all the group's query heads and the math hides under the
-// loads. F32 and other head sizes take the older CUDA-core kernel. Splits are merged by a second,
-// programmatically dependent kernel that reads their partial softmax states.
+// loads. F32 and other head sizes take the older CUDA-core kernel. With several splits each block
+// leaves a partial softmax state, and the last split block of a (sequence, head group) to finish,
+// found with an arrival counter, merges them: no second kernel, so no second launch and drain on the
+// decode critical path.
+#include <algorithm>
+#include <cstdint>
 #include <type_traits>
 
 #include "kernels/attention_core.cuh"
@@ -14,11 +18,148 @@
 namespace ember::cuda {
 namespace {
 
+// ---- split merge, by the last split block to finish ----
+
+constexpr int kMergeThreads = 128;  // both kernels run 128-thread blocks
+constexpr int kMergeBatch = 16;     // splits whose partials a thread loads before it uses any
+
+// Called by every thread of a split block once its partials are stored: counts the block in on its
+// (sequence, head group) counter and returns true, in all its threads, for the block that arrived
+// last. Ordering: each thread's fence puts its partial stores before the barrier and so before
+// thread 0's atomic (release); thread 0 of the last block fences after its atomic has read the full
+// count (acquire) and the barrier hands that on to the block's other threads, which then read the
+// partials through L2 (__ldcg). Every other split has counted itself in by then, so the last block
+// puts the counter back to zero: the next launch, or the next replay of a graph, starts from zero
+// (it touches the counter only after its pdl_wait, i.e. after this grid has ended).
+__device__ __forceinline__ bool arrive_last(uint32_t* counter, int splits) {
+  __threadfence();
+  __syncthreads();
+  bool last = false;
+  if (threadIdx.x == 0) {
+    last = atomicAdd(counter, 1u) == static_cast<uint32_t>(splits - 1);
+    if (last) {
+      __threadfence();
+      *counter = 0u;
+    }
+  }
+  return __syncthreads_or(last) != 0;
+}
+
+template <int kVec>
+__device__ __forceinline__ void load_cg(const float* p, float (&v)[kVec]) {
+  if constexpr (kVec == 4) {
+    const float4 x = __ldcg(reinterpret_cast<const float4*>(p));
+    v[0] = x.x;
+    v[1] = x.y;
+    v[2] = x.z;
+    v[3] = x.w;
+  } else {
+    static_assert(kVec == 1, "kVec is 1 or 4");
+    v[0] = __ldcg(p);
+  }
+}
+
+// Merges the splits' partial states of query heads h0 .. h0 + nh - 1 of one sequence into their
+// output rows (out_rows = out + (tok * Hq + h0) * D); split k of head h0 + g is partial
+// p0 + g * splits + k. The math of the single-block merge: weights exp2(m_k - M), l = sum w_k l_k,
+// out = sum w_k acc_k / l. A thread owns kVec consecutive dims of one head (a column) and, where
+// there are fewer columns than threads, every groups-th split; it loads kMergeBatch splits' partials
+// before using any (a running max rescales between batches), and the groups' states meet in
+// shared memory (kMergeThreads * (kVec + 2) floats of smem). Needs all kMergeThreads threads.
+template <typename T, int kVec>
+__device__ void merge_splits(const float* part_acc, const float* part_ml, T* out_rows, int64_t p0, int nh, int D,
+                             int splits, float* smem) {
+  const int per_head = D / kVec;
+  const int cols = nh * per_head;
+  const int tid = threadIdx.x;
+  const int groups = cols >= kMergeThreads ? 1 : min(kMergeThreads / cols, splits);
+  const int grp = groups == 1 ? 0 : tid / cols;
+  const int stride = groups == 1 ? kMergeThreads : cols;  // with groups > 1 each thread has one column
+  float* m_s = smem;
+  float* l_s = m_s + kMergeThreads;
+  float* o_s = l_s + kMergeThreads;
+  for (int col = groups == 1 ? tid : tid % cols; col < cols && grp < groups; col += stride) {
+    const int g = col / per_head, d0 = (col % per_head) * kVec;
+    const int64_t p = p0 + static_cast<int64_t>(g) * splits;
+    const float* ml = part_ml + 2 * p;
+    const float* acc = part_acc + p * D + d0;
+    float m = -INFINITY, l = 0.0f, o[kVec];
+#pragma unroll
+    for (int v = 0; v < kVec; ++v) o[v] = 0.0f;
+    for (int k0 = grp; k0 < splits; k0 += kMergeBatch * groups) {
+      float mk[kMergeBatch], lk[kMergeBatch], ak[kMergeBatch][kVec];
+#pragma unroll
+      for (int j = 0; j < kMergeBatch; ++j) {
+        const int k = k0 + j * groups;
+        if (k < splits) {
+          mk[j] = __ldcg(ml + 2 * k);
+          lk[j] = __ldcg(ml + 2 * k + 1);
+          load_cg<kVec>(acc + static_cast<int64_t>(k) * D, ak[j]);
+        } else {
+          mk[j] = -INFINITY;
+          lk[j] = 0.0f;
+#pragma unroll
+          for (int v = 0; v < kVec; ++v) ak[j][v] = 0.0f;
+        }
+      }
+      float mb = m;
+#pragma unroll
+      for (int j = 0; j < kMergeBatch; ++j) mb = fmaxf(mb, mk[j]);
+      if (mb == -INFINITY) continue;  // only empty splits so far
+      const float f = exp2f(m - mb);  // 0 while m is -inf
+      l *= f;
+#pragma unroll
+      for (int v = 0; v < kVec; ++v) o[v] *= f;
+#pragma unroll
+      for (int j = 0; j < kMergeBatch; ++j) {
+        const float w = exp2f(mk[j] - mb);  // 0 for an empty split
+        l = fmaf(w, lk[j], l);
+#pragma unroll
+        for (int v = 0; v < kVec; ++v) o[v] = fmaf(w, ak[j][v], o[v]);
+      }
+      m = mb;
+    }
+    if (groups == 1) {
+      const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+#pragma unroll
+      for (int v = 0; v < kVec; ++v) out_rows[g * D + d0 + v] = from_f32<T>(o[v] * inv);
+    } else {
+      m_s[tid] = m;
+      l_s[tid] = l;
+#pragma unroll
+      for (int v = 0; v < kVec; ++v) o_s[tid * kVec + v] = o[v];
+    }
+  }
+  if (groups == 1) return;  // uniform over the block
+  __syncthreads();
+  if (tid < cols) {
+    const int col = tid, g = col / per_head, d0 = (col % per_head) * kVec;
+    float M = -INFINITY;
+    for (int r = 0; r < groups; ++r) M = fmaxf(M, m_s[r * cols + col]);
+    float l = 0.0f, o[kVec];
+#pragma unroll
+    for (int v = 0; v < kVec; ++v) o[v] = 0.0f;
+    if (M != -INFINITY) {
+      for (int r = 0; r < groups; ++r) {
+        const int t = r * cols + col;
+        const float w = exp2f(m_s[t] - M);
+        l = fmaf(w, l_s[t], l);
+#pragma unroll
+        for (int v = 0; v < kVec; ++v) o[v] = fmaf(w, o_s[t * kVec + v], o[v]);
+      }
+    }
+    const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+#pragma unroll
+    for (int v = 0; v < kVec; ++v) out_rows[g * D + d0 + v] = from_f32<T>(o[v] * inv);
+  }
+}
+
 // ---- fast path: tensor cores, per-warp cp.async pipeline ----
 
 constexpr int kWarps = 4;
 constexpr int kTileKeys = 16;  // keys per warp tile: the k of the p.v mma
 constexpr int kBlockHeads = 8;  // query heads per block: the n of the p.v mma
+static_assert(kWarps * 32 == kMergeThreads, "merge_splits runs on the whole block");
 
 template <int D>
 struct TileShape {
@@ -45,9 +186,9 @@ template <typename T, int D>
 __global__ void __launch_bounds__(kWarps * 32)
     decode_mma_kernel(const T* __restrict__ q, const T* __restrict__ k_cache, const T* __restrict__ v_cache,
                       T* __restrict__ out, float* __restrict__ part_acc, float* __restrict__ part_ml,
-                      const int32_t* __restrict__ query_start, const int32_t* __restrict__ seq_lens,
-                      const int32_t* __restrict__ block_tables, int Hq, int Hk, int max_blocks_per_seq,
-                      int block_size, float scale_log2, int splits) {
+                      uint32_t* __restrict__ arrivals, const int32_t* __restrict__ query_start,
+                      const int32_t* __restrict__ seq_lens, const int32_t* __restrict__ block_tables, int Hq,
+                      int Hk, int max_blocks_per_seq, int block_size, float scale_log2, int splits) {
   using Shape = TileShape<D>;
   constexpr int kSteps = D / 16;   // 16-dim mma steps
   constexpr int kChunks = D / 8;   // 16-byte chunks per K or V row
@@ -58,8 +199,8 @@ __global__ void __launch_bounds__(kWarps * 32)
   // The three loads are independent, so that their latencies overlap.
   const int tok = query_start[s], tok_end = query_start[s + 1], L = seq_lens[s];
   if (tok_end - tok != 1) return;  // decode sequences only (uniform over the block)
-  // Let the split merge's (or the next layer's) blocks be scheduled now; they wait for this grid's
-  // end before reading what it writes.
+  // Let the next kernel's blocks (the output projection) be scheduled now; they wait for this
+  // grid's end, split merges included, before reading what it writes.
   pdl_release();
   const int G = Hq / Hk;
   const int head_groups = (G + kBlockHeads - 1) / kBlockHeads;
@@ -236,6 +377,12 @@ __global__ void __launch_bounds__(kWarps * 32)
       }
     }
   }
+  if (splits == 1) return;
+  // arrive_last's barrier also frees the merge area above for merge_splits.
+  if (!arrive_last(arrivals + static_cast<int64_t>(s) * gridDim.y + blockIdx.y, splits)) return;
+  const int h0 = kvh * G + g0;
+  merge_splits<T, 4>(part_acc, part_ml, out + (static_cast<int64_t>(tok) * Hq + h0) * D,
+                     (static_cast<int64_t>(s) * Hq + h0) * splits, nh, D, splits, reinterpret_cast<float*>(smem));
 }
 
 template <typename T, int D>
@@ -249,8 +396,8 @@ cudaError_t run_mma(const DecodeAttentionArgs& a, cudaStream_t stream) {
   dim3 grid(a.num_seqs, a.num_kv_heads * head_groups, a.num_splits);
   return launch_chained<decode_mma_kernel<T, D>>(
       grid, dim3(kWarps * 32), smem, stream, static_cast<const T*>(a.q), static_cast<const T*>(a.k_cache),
-      static_cast<const T*>(a.v_cache), static_cast<T*>(a.out), a.part_acc, a.part_ml, a.query_start, a.seq_lens,
-      a.block_tables, a.num_heads, a.num_kv_heads, a.max_blocks_per_seq, a.block_size,
+      static_cast<const T*>(a.v_cache), static_cast<T*>(a.out), a.part_acc, a.part_ml, a.arrivals, a.query_start,
+      a.seq_lens, a.block_tables, a.num_heads, a.num_kv_heads, a.max_blocks_per_seq, a.block_size,
       a.scale * 1.4426950408889634f, a.num_splits);
 }
 
@@ -258,6 +405,7 @@ cudaError_t run_mma(const DecodeAttentionArgs& a, cudaStream_t stream) {
 
 using attn::kRowsPerWarp;
 constexpr int kGenericWarps = 4;
+static_assert(kGenericWarps * 32 == kMergeThreads, "merge_splits runs on the whole block");
 
 template <typename T>
 size_t decode_smem_bytes(int D, int tile_keys) {
@@ -269,9 +417,9 @@ template <typename T>
 __global__ void __launch_bounds__(kGenericWarps * 32)
     decode_generic_kernel(const T* __restrict__ q, const T* __restrict__ k_cache, const T* __restrict__ v_cache,
                   T* __restrict__ out, float* __restrict__ part_acc, float* __restrict__ part_ml,
-                  const int32_t* __restrict__ query_start, const int32_t* __restrict__ seq_lens,
-                  const int32_t* __restrict__ block_tables, int Hq, int Hk, int D, int max_blocks_per_seq,
-                  int block_size, float scale_log2, int splits, int tile_keys) {
+                  uint32_t* __restrict__ arrivals, const int32_t* __restrict__ query_start,
+                  const int32_t* __restrict__ seq_lens, const int32_t* __restrict__ block_tables, int Hq, int Hk,
+                  int D, int max_blocks_per_seq, int block_size, float scale_log2, int splits, int tile_keys) {
   extern __shared__ __align__(16) unsigned char smem[];
   const int s = blockIdx.x;
   const int G = Hq / Hk;
@@ -364,13 +512,24 @@ __global__ void __launch_bounds__(kGenericWarps * 32)
       }
     }
   }
+  if (splits == 1) return;
+  if (!arrive_last(arrivals + static_cast<int64_t>(s) * gridDim.y + blockIdx.y, splits)) return;
+  const int h0 = kvh * G + grp * kRowsPerWarp, nh = min(kRowsPerWarp, G - grp * kRowsPerWarp);
+  T* out_rows = out + (static_cast<int64_t>(tok) * Hq + h0) * D;
+  const int64_t p0 = (static_cast<int64_t>(s) * Hq + h0) * splits;
+  float* merge_smem = reinterpret_cast<float*>(smem);
+  if (D % 4 == 0)
+    merge_splits<T, 4>(part_acc, part_ml, out_rows, p0, nh, D, splits, merge_smem);
+  else
+    merge_splits<T, 1>(part_acc, part_ml, out_rows, p0, nh, D, splits, merge_smem);
 }
 
 template <typename T>
 cudaError_t run_generic(const DecodeAttentionArgs& a, cudaStream_t stream) {
   int tile_keys = 128;
   if (decode_smem_bytes<T>(a.head_dim, tile_keys) > 200 * 1024) tile_keys = 64;
-  size_t smem = decode_smem_bytes<T>(a.head_dim, tile_keys) + 64;
+  // The split merge reuses the tile area, which tiny head sizes leave smaller than it needs.
+  const size_t smem = std::max(decode_smem_bytes<T>(a.head_dim, tile_keys) + 64, sizeof(float) * kMergeThreads * 6);
   cudaError_t err = cudaFuncSetAttribute(decode_generic_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                          static_cast<int>(smem));
   if (err != cudaSuccess) return err;
@@ -379,90 +538,10 @@ cudaError_t run_generic(const DecodeAttentionArgs& a, cudaStream_t stream) {
   dim3 grid(a.num_seqs, a.num_kv_heads * ngroups, a.num_splits);
   decode_generic_kernel<T><<<grid, kGenericWarps * 32, smem, stream>>>(
       static_cast<const T*>(a.q), static_cast<const T*>(a.k_cache), static_cast<const T*>(a.v_cache),
-      static_cast<T*>(a.out), a.part_acc, a.part_ml, a.query_start, a.seq_lens, a.block_tables, a.num_heads,
+      static_cast<T*>(a.out), a.part_acc, a.part_ml, a.arrivals, a.query_start, a.seq_lens, a.block_tables, a.num_heads,
       a.num_kv_heads, a.head_dim, a.max_blocks_per_seq, a.block_size, a.scale * 1.4426950408889634f, a.num_splits,
       tile_keys);
   return cudaGetLastError();
-}
-
-// ---- split merge ----
-
-// One block per (sequence, query head). The splits' weights exp2(m_k - M) are computed once, in
-// parallel over the splits; then groups of threads sum a share of the splits for every dim, with
-// eight loads in flight per thread, and the groups' sums are added in shared memory.
-constexpr int kCombineThreads = 256;
-
-template <typename T>
-__global__ void __launch_bounds__(kCombineThreads)
-    combine_kernel(const float* __restrict__ part_acc, const float* __restrict__ part_ml,
-                   const int32_t* __restrict__ query_start, T* __restrict__ out, int Hq, int D, int splits) {
-  extern __shared__ float smem_f[];  // m_k then l_k, later w_k [splits]; group sums [groups][D]
-  __shared__ float scratch[32];
-  float* m_s = smem_f;
-  float* l_s = m_s + splits;
-  float* g_s = l_s + splits;
-  const int s = blockIdx.x, h = blockIdx.y;
-  const int tok = query_start[s];
-  const bool decode = query_start[s + 1] - tok == 1;
-  // Launched as a programmatic dependent of the decode kernel: the metadata above may be read
-  // early, the partials only after this wait (a no-op for a plain launch).
-  pdl_wait();
-  if (!decode) return;
-  const int64_t p0 = (static_cast<int64_t>(s) * Hq + h) * splits;
-  const float2* ml = reinterpret_cast<const float2*>(part_ml) + p0;
-  float m = -INFINITY;
-  for (int k = threadIdx.x; k < splits; k += blockDim.x) {
-    const float2 v = ml[k];
-    m_s[k] = v.x;
-    l_s[k] = v.y;
-    m = fmaxf(m, v.x);
-  }
-  const float M = block_max(m, scratch);
-  float l = 0.0f;
-  for (int k = threadIdx.x; k < splits; k += blockDim.x) {
-    const float mk = m_s[k];
-    const float w = mk == -INFINITY ? 0.0f : exp2f(mk - M);
-    l += w * l_s[k];
-    m_s[k] = w;
-  }
-  const float lsum = block_sum(l, scratch);  // its barriers also publish the weights
-  const int groups = blockDim.x / D;
-  const int grp = threadIdx.x / D, d = threadIdx.x % D;
-  if (grp < groups) {
-    const float* src = part_acc + p0 * D + d;
-    float o = 0.0f;
-    for (int k0 = grp; k0 < splits; k0 += 8 * groups) {
-      float v[8];
-#pragma unroll
-      for (int j = 0; j < 8; ++j) {
-        const int k = k0 + j * groups;
-        v[j] = k < splits ? src[static_cast<int64_t>(k) * D] : 0.0f;
-      }
-#pragma unroll
-      for (int j = 0; j < 8; ++j) {
-        const int k = k0 + j * groups;
-        if (k < splits) o = fmaf(m_s[k], v[j], o);
-      }
-    }
-    g_s[grp * D + d] = o;
-  }
-  __syncthreads();
-  const float inv = lsum > 0.0f ? 1.0f / lsum : 0.0f;
-  for (int dd = threadIdx.x; dd < D; dd += blockDim.x) {
-    float o = 0.0f;
-    for (int g = 0; g < groups; ++g) o += g_s[g * D + dd];
-    out[(static_cast<int64_t>(tok) * Hq + h) * D + dd] = from_f32<T>(o * inv);
-  }
-}
-
-template <typename T>
-cudaError_t run_combine(const DecodeAttentionArgs& a, cudaStream_t stream) {
-  // A programmatic dependent of the decode kernel: its launch hides behind that kernel.
-  return launch_chained<combine_kernel<T>>(dim3(a.num_seqs, a.num_heads), dim3(kCombineThreads),
-                                           sizeof(float) * (2 * a.num_splits + kCombineThreads), stream,
-                                           static_cast<const float*>(a.part_acc), static_cast<const float*>(a.part_ml),
-                                           a.query_start, static_cast<T*>(a.out), a.num_heads, a.head_dim,
-                                           a.num_splits);
 }
 
 template <typename T>
@@ -481,8 +560,7 @@ cudaError_t run_decode(const DecodeAttentionArgs& a, cudaStream_t stream) {
     }
   }
   if (!done) err = run_generic<T>(a, stream);
-  if (err != cudaSuccess || a.num_splits == 1) return err;
-  return run_combine<T>(a, stream);
+  return err;
 }
 
 }  // namespace
@@ -491,7 +569,8 @@ cudaError_t launch_paged_attention_decode(const DecodeAttentionArgs& args, DType
   if (args.num_seqs == 0) return cudaSuccess;
   if (args.head_dim <= 0 || args.head_dim > attn::kMaxHeadDim || args.num_kv_heads <= 0 ||
       args.num_heads % args.num_kv_heads != 0 || args.num_splits < 1 || args.num_splits > 4096 ||
-      (args.num_splits > 1 && (!args.part_acc || !args.part_ml)))
+      (args.num_splits > 1 &&
+       (!args.part_acc || !args.part_ml || !args.arrivals || reinterpret_cast<uintptr_t>(args.part_acc) % 16 != 0)))
     return cudaErrorInvalidValue;
   EMBER_DISPATCH_FLOAT(dtype, return run_decode<scalar_t>(args, stream));
   return cudaSuccess;

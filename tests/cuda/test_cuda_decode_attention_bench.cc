@@ -1,6 +1,8 @@
-// Speed of decode attention (kernel + split merge) on Llama-3-8B heads (32 q, 8 kv, D = 128, BF16):
-// one sequence from depth 32 to 32k per split count, other GQA groups at depth 4096, and batches
-// of 64 and 256 sequences at depth ~600. Prints microseconds and the K+V bytes read per second;
+// Speed of decode attention on Llama-3-8B heads (32 q, 8 kv, D = 128, BF16), timed as whole
+// launch_paged_attention_decode calls, split merge included (whether a separate kernel or, as now,
+// the last split block), so that figures stay comparable across merge schemes: one sequence from
+// depth 32 to 32k per split count, other GQA groups at depth 4096, and batches of 64 and 256
+// sequences at depth ~600. Prints microseconds and the K+V bytes read per second;
 // each split count is checked against the unsplit result. Disabled: run with
 // --gtest_also_run_disabled_tests --gtest_filter='*Bench*'.
 #include <cuda_runtime.h>
@@ -37,7 +39,7 @@ class DecodeBench {
   DecodeBench(int Hq, int Hk, int D, int bs, std::vector<int> lens, int copies)
       : Hq_(Hq), Hk_(Hk), D_(D), bs_(bs), lens_(std::move(lens)), copies_(copies) {}
   ~DecodeBench() {
-    for (void* p : {k_, v_, q_, out_, ref_, meta_, part_}) cudaFree(p);
+    for (void* p : {k_, v_, q_, out_, ref_, meta_, part_, arrivals_}) cudaFree(p);
     if (s_) cudaStreamDestroy(s_);
   }
 
@@ -55,6 +57,8 @@ class DecodeBench {
     CHECK_CUDA(cudaMalloc(&out_, size_t{2} * n * Hq_ * D_));
     CHECK_CUDA(cudaMalloc(&ref_, size_t{2} * n * Hq_ * D_));
     CHECK_CUDA(cudaMalloc(&part_, size_t{4} * n * Hq_ * kMaxSplits * (D_ + 2)));
+    CHECK_CUDA(cudaMalloc(&arrivals_, size_t{4} * n * Hq_));
+    CHECK_CUDA(cudaMemset(arrivals_, 0, size_t{4} * n * Hq_));
     CHECK_CUDA(cuda::launch_fill_random(k_, cache_elems_ * copies_, 31, 1.0f, 0.0f, DType::BF16, s_));
     CHECK_CUDA(cuda::launch_fill_random(v_, cache_elems_ * copies_, 32, 1.0f, 0.0f, DType::BF16, s_));
     CHECK_CUDA(cuda::launch_fill_random(q_, size_t{1} * n * Hq_ * D_, 33, 1.0f, 0.0f, DType::BF16, s_));
@@ -93,6 +97,7 @@ class DecodeBench {
     a.block_tables = m + meta_tables_ + static_cast<size_t>(copy) * n * max_blocks_;
     a.part_acc = static_cast<float*>(part_);
     a.part_ml = static_cast<float*>(part_) + size_t{1} * n * Hq_ * kMaxSplits * D_;
+    a.arrivals = static_cast<uint32_t*>(arrivals_);
     a.num_seqs = n;
     a.num_heads = Hq_;
     a.num_kv_heads = Hk_;
@@ -104,8 +109,9 @@ class DecodeBench {
     return a;
   }
 
-  // Median microseconds per launch (kernel + merge) over graph replays; checks the output against
-  // the unsplit one first.
+  // Median microseconds per launch_paged_attention_decode call (all the kernels it launches, split
+  // merge included) over graph replays of back-to-back calls; checks the output against the
+  // unsplit one first.
   float time(int splits) {
     const size_t out_elems = lens_.size() * Hq_ * D_;
     if (want_.empty()) {
@@ -167,7 +173,7 @@ class DecodeBench {
   bool ready_ = false;
   cudaStream_t s_ = nullptr;
   void *k_ = nullptr, *v_ = nullptr, *q_ = nullptr, *out_ = nullptr, *ref_ = nullptr, *meta_ = nullptr,
-       *part_ = nullptr;
+       *part_ = nullptr, *arrivals_ = nullptr;
   std::vector<float> want_;
 };
 
