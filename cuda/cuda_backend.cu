@@ -14,6 +14,7 @@
 #include "ember/cuda_backend.h"
 #include "ember/error.h"
 #include "kernels/launchers.h"
+#include "paged_attention_args.h"
 
 namespace ember {
 namespace cuda {
@@ -117,28 +118,6 @@ cudaDataType_t cuda_type(DType t) {
 }
 
 size_t align16(size_t n) { return (n + 15) / 16 * 16; }
-
-// The fields every paged-attention kernel takes (decode, prefill, tensor-core prefill); each
-// caller adds its own work decomposition.
-template <typename Args>
-Args paged_attention_args(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, Tensor& out,
-                          const DeviceStep& step, int Hq, int Hk, int D, float scale) {
-  Args a{};
-  a.q = q.data;
-  a.k_cache = k_cache.data;
-  a.v_cache = v_cache.data;
-  a.out = out.data;
-  a.query_start = step.query_start;
-  a.seq_lens = step.seq_lens;
-  a.block_tables = step.block_tables;
-  a.num_heads = Hq;
-  a.num_kv_heads = Hk;
-  a.head_dim = D;
-  a.max_blocks_per_seq = step.max_blocks_per_seq;
-  a.block_size = step.block_size;
-  a.scale = scale;
-  return a;
-}
 
 class CudaBackendImpl final : public CudaBackend {
  public:
@@ -615,14 +594,9 @@ void CudaBackendImpl::attention(const Tensor& q, const Tensor& k_cache, const Te
     return;
   }
   if (prefill_attention_mma_supported(q.dtype, D)) {
-    const int group = Hq / Hk;
-    int64_t tiles = 0;
-    for (size_t s = 0; s + 1 < host_query_start_.size(); ++s)
-      tiles += (static_cast<int64_t>(host_query_start_[s + 1] - host_query_start_[s]) * group + kPrefillMmaRows - 1) /
-               kPrefillMmaRows;
     auto a = paged_attention_args<PrefillMmaArgs>(q, k_cache, v_cache, out, step, Hq, Hk, D, scale);
     a.num_seqs = step.num_seqs;
-    a.num_tiles = static_cast<int>(tiles);
+    a.num_tiles = static_cast<int>(prefill_mma_tiles(host_query_start_, Hq / Hk));
     // Graphs capture decode steps only; a captured prefill keeps to one split, since growing the
     // workspace waits for the stream. Eagerly, ensure() waits before freeing a smaller workspace.
     a.num_splits = capturing_ ? 1 : prefill_attention_mma_splits(a.num_tiles, Hk, step.max_seq_len);

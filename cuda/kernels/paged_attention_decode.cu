@@ -45,6 +45,23 @@ __device__ __forceinline__ bool arrive_last(uint32_t* counter, int splits) {
   return __syncthreads_or(last) != 0;
 }
 
+// Dim d of query head h's state in this block: the output itself when the context is not split,
+// else this split's partial (acc, and with d == 0 the max and the sum) for the last block to merge.
+template <typename T>
+__device__ __forceinline__ void store_state(T* out, float* part_acc, float* part_ml, int s, int tok, int Hq, int h,
+                                            int D, int d, int splits, int split, float o, float lsum, float M) {
+  if (splits == 1) {
+    out[(static_cast<int64_t>(tok) * Hq + h) * D + d] = from_f32<T>(lsum > 0.0f ? o / lsum : 0.0f);
+    return;
+  }
+  const int64_t p = (static_cast<int64_t>(s) * Hq + h) * splits + split;
+  part_acc[p * D + d] = o;
+  if (d == 0) {
+    part_ml[p * 2] = M;
+    part_ml[p * 2 + 1] = lsum;
+  }
+}
+
 template <int kVec>
 __device__ __forceinline__ void load_cg(const float* p, float (&v)[kVec]) {
   if constexpr (kVec == 4) {
@@ -365,17 +382,7 @@ __global__ void __launch_bounds__(kWarps * 32)
         o += a_s[(w * kBlockHeads + g) * kStride + d] * f;
       }
     }
-    const int h = kvh * G + g0 + g;
-    if (splits == 1) {
-      out[(static_cast<int64_t>(tok) * Hq + h) * D + d] = from_f32<T>(lsum > 0.0f ? o / lsum : 0.0f);
-    } else {
-      const int64_t p = (static_cast<int64_t>(s) * Hq + h) * splits + split;
-      part_acc[p * D + d] = o;
-      if (d == 0) {
-        part_ml[p * 2] = M;
-        part_ml[p * 2 + 1] = lsum;
-      }
-    }
+    store_state(out, part_acc, part_ml, s, tok, Hq, kvh * G + g0 + g, D, d, splits, split, o, lsum, M);
   }
   if (splits == 1) return;
   // arrive_last's barrier also frees the merge area above for merge_splits.
@@ -500,17 +507,7 @@ __global__ void __launch_bounds__(kGenericWarps * 32)
         acc += a_s[(w * kRowsPerWarp + r) * D + d] * f;
       }
     }
-    const int h = kvh * G + g;
-    if (splits == 1) {
-      out[(static_cast<int64_t>(tok) * Hq + h) * D + d] = from_f32<T>(lsum > 0.0f ? acc / lsum : 0.0f);
-    } else {
-      int64_t p = (static_cast<int64_t>(s) * Hq + h) * splits + split;
-      part_acc[p * D + d] = acc;
-      if (d == 0) {
-        part_ml[p * 2] = M;
-        part_ml[p * 2 + 1] = lsum;
-      }
-    }
+    store_state(out, part_acc, part_ml, s, tok, Hq, kvh * G + g, D, d, splits, split, acc, lsum, M);
   }
   if (splits == 1) return;
   if (!arrive_last(arrivals + static_cast<int64_t>(s) * gridDim.y + blockIdx.y, splits)) return;

@@ -264,12 +264,6 @@ INSTANTIATE_TEST_SUITE_P(Shapes, CudaDecodeAttention,
 // times, and eager launches queued back to back without a sync, all give the reference output and
 // bit-identical results, and leave the counters at zero. F32 takes the general kernel, BF16 the
 // tensor-core one (launched chained, so the second launch of a pair overlaps the first's tail).
-class CudaDecodeAttentionSplitState : public testing::TestWithParam<DType> {
- protected:
-  void SetUp() override { EMBER_REQUIRE_GPU(); }
-  const DecodeCase case_{"state", 32, 2, 128, 16, {1001, 77, 2533}, {16, 5}};
-};
-
 struct Stream {
   cudaStream_t s = nullptr;
   ~Stream() {
@@ -277,12 +271,20 @@ struct Stream {
   }
 };
 
+class CudaDecodeAttentionSplitState : public testing::TestWithParam<DType> {
+ protected:
+  void SetUp() override {
+    EMBER_REQUIRE_GPU();
+    ASSERT_NO_FATAL_FAILURE(p.build(case_, GetParam()));
+    CHECK_CUDA(cudaStreamCreateWithFlags(&st.s, cudaStreamNonBlocking));
+  }
+  const DecodeCase case_{"state", 32, 2, 128, 16, {1001, 77, 2533}, {16, 5}};
+  DecodeProblem p;  // the case's problem on the device
+  Stream st;        // a non-blocking stream of its own
+};
+
 TEST_P(CudaDecodeAttentionSplitState, GraphReplayedThreeTimes) {
   const DType dt = GetParam();
-  DecodeProblem p;
-  ASSERT_NO_FATAL_FAILURE(p.build(case_, dt));
-  Stream st;
-  CHECK_CUDA(cudaStreamCreateWithFlags(&st.s, cudaStreamNonBlocking));
   DeviceArray out_a, out_b;
   CHECK_CUDA(cudaMalloc(&out_a.p, p.out_bytes()));
   CHECK_CUDA(cudaMalloc(&out_b.p, p.out_bytes()));
@@ -331,10 +333,6 @@ TEST_P(CudaDecodeAttentionSplitState, GraphReplayedThreeTimes) {
 
 TEST_P(CudaDecodeAttentionSplitState, BackToBackSplitCounts) {
   const DType dt = GetParam();
-  DecodeProblem p;
-  ASSERT_NO_FATAL_FAILURE(p.build(case_, dt));
-  Stream st;
-  CHECK_CUDA(cudaStreamCreateWithFlags(&st.s, cudaStreamNonBlocking));
   const int splits[] = {16, 3, 16, 1, 5, 2};
   DeviceArray outs[6];
   for (DeviceArray& o : outs) {

@@ -15,11 +15,11 @@
 
 #include "cuda_test_util.h"
 #include "kernels/launchers.h"
+#include "paged_attention_args.h"
 
 namespace ember::test {
 namespace {
 
-using cuda::kPrefillMmaRows;
 using cuda::kPrefillRowsPerTile;
 using cuda::PrefillAttentionArgs;
 using cuda::PrefillMmaArgs;
@@ -203,27 +203,13 @@ std::string case_name(const testing::TestParamInfo<std::tuple<PrefillCase, DType
 INSTANTIATE_TEST_SUITE_P(Shapes, CudaPrefillAttention, testing::Combine(testing::ValuesIn(kCases), testing::ValuesIn(kDtypes)),
                          case_name);
 
-// Arguments for launching the tensor-core kernel directly, tiles counted as the backend does.
+// Arguments for launching the tensor-core kernel directly, built and tiled as the backend does.
 PrefillMmaArgs mma_args(const Tensor& q, const Tensor& kc, const Tensor& vc, Tensor& out, const DeviceStep& ds,
                         const StepMeta& m, int Hq, int Hk, int D, float scale) {
-  PrefillMmaArgs a{};
-  a.q = q.data;
-  a.k_cache = kc.data;
-  a.v_cache = vc.data;
-  a.out = out.data;
-  a.query_start = ds.query_start;
-  a.seq_lens = ds.seq_lens;
-  a.block_tables = ds.block_tables;
+  PrefillMmaArgs a = cuda::paged_attention_args<PrefillMmaArgs>(q, kc, vc, out, ds, Hq, Hk, D, scale);
   a.num_seqs = ds.num_seqs;
-  for (size_t s = 0; s + 1 < m.query_start.size(); ++s)
-    a.num_tiles += ((m.query_start[s + 1] - m.query_start[s]) * (Hq / Hk) + kPrefillMmaRows - 1) / kPrefillMmaRows;
-  a.num_heads = Hq;
-  a.num_kv_heads = Hk;
-  a.head_dim = D;
-  a.max_blocks_per_seq = ds.max_blocks_per_seq;
-  a.block_size = ds.block_size;
+  a.num_tiles = static_cast<int>(cuda::prefill_mma_tiles(m.query_start, Hq / Hk));
   a.num_splits = 1;
-  a.scale = scale;
   return a;
 }
 
@@ -373,6 +359,24 @@ std::vector<StepMeta> chunk_steps(int total, int chunk, int block_size, int64_t*
   return steps;
 }
 
+// What every bench runs on: a prompt of `total` tokens prefilled in chunks of `chunk` (the chunk
+// steps, the paged K/V of the whole prompt, one chunk's q) and the causal FLOPs of all its chunks.
+struct ChunkedPrompt {
+  std::vector<StepMeta> steps;
+  Owned kc, vc, q;
+  double flops = 0.0;
+};
+ChunkedPrompt chunked_prompt(Backend& gpu, int total, int chunk, int Hq, int Hk, int D, int block_size, DType dt) {
+  ChunkedPrompt p;
+  int64_t slots = 0;
+  p.steps = chunk_steps(total, chunk, block_size, &slots);
+  p.kc = upload(gpu, random_values(static_cast<size_t>(slots) * Hk * D, dt, 30, -2.0f, 2.0f), dt, {slots, Hk, D});
+  p.vc = upload(gpu, random_values(static_cast<size_t>(slots) * Hk * D, dt, 31), dt, {slots, Hk, D});
+  p.q = upload(gpu, random_values(static_cast<size_t>(chunk) * Hq * D, dt, 32, -2.0f, 2.0f), dt, {chunk, Hq, D});
+  for (int past = 0; past < total; past += chunk) p.flops += causal_flops(past, chunk, Hq, D);
+  return p;
+}
+
 TEST(CudaPrefillAttentionBench, DISABLED_Llama3_8B) {
   EMBER_REQUIRE_GPU();
   Backend& gpu = cuda_backend();
@@ -382,15 +386,12 @@ TEST(CudaPrefillAttentionBench, DISABLED_Llama3_8B) {
   std::printf("%-22s %12s %12s %12s %12s %8s\n", "prompt/chunk", "GFLOP", "new ms", "new TFLOP/s", "old TFLOP/s",
               "speedup");
   for (auto [total, chunk] : std::vector<std::pair<int, int>>{{2048, 2048}, {2048, 512}, {8192, 8192}, {8192, 512}}) {
-    int64_t slots = 0;
-    const std::vector<StepMeta> steps = chunk_steps(total, chunk, kBlock, &slots);
-    auto kc = upload(gpu, random_values(static_cast<size_t>(slots) * Hk * D, dt, 30, -2.0f, 2.0f), dt, {slots, Hk, D});
-    auto vc = upload(gpu, random_values(static_cast<size_t>(slots) * Hk * D, dt, 31), dt, {slots, Hk, D});
-    auto q = upload(gpu, random_values(static_cast<size_t>(chunk) * Hq * D, dt, 32, -2.0f, 2.0f), dt, {chunk, Hq, D});
+    const ChunkedPrompt p = chunked_prompt(gpu, total, chunk, Hq, Hk, D, kBlock, dt);
+    const std::vector<StepMeta>& steps = p.steps;
+    const Owned &kc = p.kc, &vc = p.vc, &q = p.q;
+    const double flops = p.flops;
     auto out_new = empty(gpu, dt, {chunk, Hq, D});
     auto out_old = empty(gpu, dt, {chunk, Hq, D});
-    double flops = 0.0;
-    for (int past = 0; past < total; past += chunk) flops += causal_flops(past, chunk, Hq, D);
 
     auto run_new = [&] {
       for (const StepMeta& m : steps) gpu.attention(q.t, kc.t, vc.t, gpu.upload_step(m), scale, out_new.t);
@@ -405,22 +406,9 @@ TEST(CudaPrefillAttentionBench, DISABLED_Llama3_8B) {
       for (const StepMeta& m : steps) {
         DeviceStep ds = gpu.upload_step(m);
         gpu.synchronize();
-        PrefillAttentionArgs a{};
-        a.q = q.t.data;
-        a.k_cache = kc.t.data;
-        a.v_cache = vc.t.data;
-        a.out = out_old.t.data;
-        a.query_start = ds.query_start;
-        a.seq_lens = ds.seq_lens;
-        a.block_tables = ds.block_tables;
+        auto a = cuda::paged_attention_args<PrefillAttentionArgs>(q.t, kc.t, vc.t, out_old.t, ds, Hq, Hk, D, scale);
         a.items = static_cast<const PrefillWorkItem*>(items_buf.get());
         a.num_items = static_cast<int>(items.size());
-        a.num_heads = Hq;
-        a.num_kv_heads = Hk;
-        a.head_dim = D;
-        a.max_blocks_per_seq = ds.max_blocks_per_seq;
-        a.block_size = ds.block_size;
-        a.scale = scale;
         check_cuda(cuda::launch_prefill_attention(a, dt, nullptr), "old prefill kernel");
         check_cuda(cudaDeviceSynchronize(), "old prefill kernel");
       }
@@ -462,14 +450,11 @@ TEST(CudaPrefillAttentionBench, DISABLED_Llama3_8B_Shapes) {
   for (int i = 0; i < n; ++i) std::printf(" %14s", cuda::prefill_attention_mma_shape_name(i));
   std::printf("\n");
   for (auto [total, chunk] : std::vector<std::pair<int, int>>{{2048, 2048}, {2048, 512}, {8192, 8192}, {8192, 512}}) {
-    int64_t slots = 0;
-    const std::vector<StepMeta> steps = chunk_steps(total, chunk, kBlock, &slots);
-    auto kc = upload(gpu, random_values(static_cast<size_t>(slots) * Hk * D, dt, 30, -2.0f, 2.0f), dt, {slots, Hk, D});
-    auto vc = upload(gpu, random_values(static_cast<size_t>(slots) * Hk * D, dt, 31), dt, {slots, Hk, D});
-    auto q = upload(gpu, random_values(static_cast<size_t>(chunk) * Hq * D, dt, 32, -2.0f, 2.0f), dt, {chunk, Hq, D});
+    const ChunkedPrompt p = chunked_prompt(gpu, total, chunk, Hq, Hk, D, kBlock, dt);
+    const std::vector<StepMeta>& steps = p.steps;
+    const Owned &kc = p.kc, &vc = p.vc, &q = p.q;
+    const double flops = p.flops;
     auto out = empty(gpu, dt, {chunk, Hq, D});
-    double flops = 0.0;
-    for (int past = 0; past < total; past += chunk) flops += causal_flops(past, chunk, Hq, D);
     std::vector<double> ms(n + 1, 0.0);  // [0]: the launcher's choice
     for (const StepMeta& m : steps) {
       const DeviceStep ds = gpu.upload_step(m);
@@ -508,16 +493,13 @@ TEST(CudaPrefillAttentionBench, DISABLED_Llama3_8B_Splits) {
   Buffer ws;
   for (auto [total, chunk] : std::vector<std::pair<int, int>>{
            {2048, 2048}, {8192, 8192}, {8192, 1024}, {8192, 512}, {8192, 256}, {32768, 512}}) {
-    int64_t slots = 0;
-    const std::vector<StepMeta> steps = chunk_steps(total, chunk, kBlock, &slots);
-    auto kc = upload(gpu, random_values(static_cast<size_t>(slots) * Hk * D, dt, 30, -2.0f, 2.0f), dt, {slots, Hk, D});
-    auto vc = upload(gpu, random_values(static_cast<size_t>(slots) * Hk * D, dt, 31), dt, {slots, Hk, D});
-    auto q = upload(gpu, random_values(static_cast<size_t>(chunk) * Hq * D, dt, 32, -2.0f, 2.0f), dt, {chunk, Hq, D});
+    const ChunkedPrompt p = chunked_prompt(gpu, total, chunk, Hq, Hk, D, kBlock, dt);
+    const std::vector<StepMeta>& steps = p.steps;
+    const Owned &kc = p.kc, &vc = p.vc, &q = p.q;
+    const double flops = p.flops;
     auto out_auto = empty(gpu, dt, {chunk, Hq, D});
     auto out_one = empty(gpu, dt, {chunk, Hq, D});
     auto out_other = empty(gpu, dt, {chunk, Hq, D});
-    double flops = 0.0;
-    for (int past = 0; past < total; past += chunk) flops += causal_flops(past, chunk, Hq, D);
     // The chunk steps share the page table and query_start ({0, chunk}); only the sequence length
     // differs, so every step's length sits in one device array.
     const DeviceStep ds = gpu.upload_step(steps.front());
