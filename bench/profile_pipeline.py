@@ -31,7 +31,9 @@ def families(ev: list[tuple[float, float, str]]) -> dict[str, float]:
     return dict(sorted(fam.items(), key=lambda kv: -kv[1]))
 
 
-def run(devices: list[int], prompt: int, chunk: int | None, edge: int | None) -> dict[str, Any]:
+def run(
+    devices: list[int], prompt: int, chunk: int | None, edge: int | None, interleave: int = 0
+) -> dict[str, Any]:
     from torch.profiler import ProfilerActivity, profile
 
     from ember import LLM, SamplingParams
@@ -43,6 +45,7 @@ def run(devices: list[int], prompt: int, chunk: int | None, edge: int | None) ->
         max_model_len=prompt + 16,
         chunk_size=chunk,
         edge_chunk_size=edge,
+        interleave=interleave or None,
     )
     sp = SamplingParams(max_tokens=1, ignore_eos=True)
     ids = [(i * 7919) % 1000 + 1 for i in range(prompt)]
@@ -53,8 +56,17 @@ def run(devices: list[int], prompt: int, chunk: int | None, edge: int | None) ->
     llm.close()
     evs = per_device(prof)
     t0 = min(v[0][0] for v in evs.values())
-    res: dict[str, Any] = {"devices": devices, "chunk": chunk, "edge": edge, "ttft_ms": ttft * 1e3}
-    print(f"\n== devices {devices} chunk {chunk} edge {edge}: ttft {ttft * 1e3:.1f} ms")
+    res: dict[str, Any] = {
+        "devices": devices,
+        "chunk": chunk,
+        "edge": edge,
+        "interleave": interleave,
+        "ttft_ms": ttft * 1e3,
+    }
+    print(
+        f"\n== devices {devices} chunk {chunk} edge {edge} interleave {interleave or 'auto'}: "
+        f"ttft {ttft * 1e3:.1f} ms"
+    )
     for d, ev in sorted(evs.items()):
         busy = sum(e - s for s, e, _ in ev)
         start, end = ev[0][0] - t0, ev[-1][1] - t0
@@ -79,7 +91,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--gpus", type=int, default=2)
     ap.add_argument("--prompt", type=int, default=8192)
-    ap.add_argument("--chunks", default="512:0,1024:512", help="chunk:edge pairs for the pipeline")
+    ap.add_argument(
+        "--chunks",
+        default="512:0,1024:512",
+        help="[gpus@]chunk:edge[:interleave] runs (gpus defaults to --gpus)",
+    )
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     import torch
@@ -87,8 +103,10 @@ def main() -> None:
     torch.cuda.init()
     results = [run([0], args.prompt, None, None)]
     for item in args.chunks.split(","):
-        chunk, _, edge = item.partition(":")
-        results.append(run(list(range(args.gpus)), args.prompt, int(chunk), int(edge or 0)))
+        gpus, _, spec = item.rpartition("@")
+        fields = [int(f) for f in spec.split(":")] + [0, 0]
+        devices = list(range(int(gpus) if gpus else args.gpus))
+        results.append(run(devices, args.prompt, fields[0], fields[1], fields[2]))
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
 

@@ -78,6 +78,7 @@ class ConfigResult:
     load_s: float = 0.0
     num_blocks: int = 0
     block_size: int = 0
+    interleave: int = 1  # blocks of layers per stage the engine chose (or was given)
     kv_holds: int = 0  # sequences of 640 tokens the KV pool holds
     max_concurrency: int = 0  # what the max test ran (kv_holds, bounded by max_num_seqs)
     measures: dict[str, Measure] = field(default_factory=dict)
@@ -140,7 +141,7 @@ def run_config(cfg: Config, args: argparse.Namespace) -> ConfigResult:
     if args.max_num_batched_tokens is not None:
         opts["max_num_batched_tokens"] = args.max_num_batched_tokens
     # Chunking flags shape the pipelines only: the 1-GPU baseline keeps the engine's defaults.
-    for key in ("chunk_size", "edge_chunk_size"):
+    for key in ("chunk_size", "edge_chunk_size", "interleave"):
         if getattr(args, key) is not None and cfg.gpus > 1:
             opts[key] = getattr(args, key)
     print(f"== {cfg.label}", flush=True)
@@ -155,6 +156,7 @@ def run_config(cfg: Config, args: argparse.Namespace) -> ConfigResult:
     try:
         stats = llm.stats()
         res.num_blocks, res.block_size = int(stats["num_blocks"]), int(stats["block_size"])
+        res.interleave = int(stats.get("interleave", 1))
         res.kv_holds = res.num_blocks // math.ceil(SEQ_TOKENS / res.block_size)
         res.max_concurrency = min(res.kv_holds, args.max_num_seqs)
         print(
@@ -225,6 +227,7 @@ def markdown(results: list[ConfigResult], args: argparse.Namespace, card: str, d
             "shape",
             "GPUs",
             "transport",
+            "interleave",
             "cap",
             f"pp{args.prompt} tok/s",
             "×1",
@@ -249,7 +252,7 @@ def markdown(results: list[ConfigResult], args: argparse.Namespace, card: str, d
         cap = f"{c.cap_gib:g} GiB" if c.cap_gib else "none"
         if r.error is not None:
             reason = r.error.splitlines()[0][:80]
-            lines.append(f"| {c.shape} | {c.gpus} | {c.transport} | {cap} | error: {reason} |")
+            lines.append(f"| {c.shape} | {c.gpus} | {c.transport} | - | {cap} | error: {reason} |")
             continue
         b = baseline(results, c)
         ttft, ttft1 = r.mean("ttft"), base_mean(b, "ttft")
@@ -257,6 +260,7 @@ def markdown(results: list[ConfigResult], args: argparse.Namespace, card: str, d
             c.shape,
             str(c.gpus),
             c.transport,
+            str(r.interleave),
             cap,
             num(r.mean(pp)),
             ratio(r.mean(pp), base_mean(b, pp)),
@@ -338,6 +342,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=int,
         default=None,
         help="first and last chunk of a prompt (0 = off; default automatic)",
+    )
+    p.add_argument(
+        "--interleave",
+        type=int,
+        default=None,
+        help="blocks of layers per stage, pipelines only (default automatic)",
     )
     p.add_argument("--no-ceilings", action="store_true")
     p.add_argument(

@@ -92,10 +92,15 @@ class Engine::Impl {
   // round trip would otherwise leave stage 0 idle once per batch).
   int num_slots() const {
     const int S = static_cast<int>(opts_.devices.size());
+    if (opts_.batches_in_flight > 0) return opts_.batches_in_flight;
     return S > 1 ? S + 1 : 1;
   }
 
   std::vector<std::unique_ptr<StageWorker>> stages_;
+  // Stage s's transport to the next stage. Declared after stages_ so that it is destroyed first,
+  // while every backend it refers to is alive (the ring's last link points at stage 0); the
+  // destructor stops the stage threads before either goes.
+  std::vector<std::unique_ptr<Transport>> links_;
   std::unique_ptr<BlockManager> blocks_;
   std::unique_ptr<Scheduler> scheduler_;
   std::unordered_map<uint64_t, std::unique_ptr<Sequence>> seqs_;
@@ -107,6 +112,7 @@ class Engine::Impl {
   uint64_t next_batch_ = 1;
   uint64_t arrivals_ = 0;
   int64_t num_blocks_ = 0;
+  int rounds_ = 1;  // interleave: how many blocks of layers each stage runs
   int64_t steps_ = 0, prompt_tokens_ = 0, generated_tokens_ = 0;
   bool stopping_ = false;
   std::atomic<bool> dead_{false};
@@ -157,6 +163,9 @@ void Engine::Impl::validate_options() {
   if (opts_.max_num_batched_tokens == 0)
     opts_.max_num_batched_tokens = (opts_.devices[0] == "cpu") ? 2048 : 8192;
   positive(opts_.max_num_batched_tokens, "max_num_batched_tokens");
+  if (opts_.batches_in_flight < 0 || opts_.batches_in_flight > 64)
+    throw InvalidArgument("batches_in_flight must be in [1, 64] (or 0 for automatic), got " +
+                          std::to_string(opts_.batches_in_flight));
   if (opts_.chunk_size < 0) throw InvalidArgument("chunk_size must be >= 1 (or 0 for automatic), got " + std::to_string(opts_.chunk_size));
   // Pipelines: the bulk of a long prompt in chunks of kPipelineChunk, the first and last of
   // kPipelineEdgeChunk, so that stages overlap without running at a small chunk's efficiency.
@@ -199,7 +208,8 @@ void Engine::Impl::build_stages(const ModelFiles& files) {
   const DType matrix_dtype = backends[0]->weight_storage_dtype(cfg_.dtype);
   std::vector<double> capacity;
   if (gpu && opts_.layer_split.empty() && S > 1) {
-    // Layers follow each device's free memory once the embedding and the LM head are placed.
+    // Candidate split: layers follow each device's free memory once the embedding and the LM head
+    // are placed.
     const double vocab_bytes = static_cast<double>(cfg_.vocab_size * cfg_.hidden_size) * dtype_size(matrix_dtype);
     for (int s = 0; s < S; ++s) {
       double free_b = static_cast<double>(backend_free_bytes(*backends[s])) - static_cast<double>(workspace);
@@ -208,29 +218,56 @@ void Engine::Impl::build_stages(const ModelFiles& files) {
       capacity.push_back(std::max(free_b, 1.0));
     }
   }
-  std::vector<StageRange> plan = plan_stages(cfg_.num_layers, S, opts_.layer_split, capacity);
+  std::vector<StageRange> shares = plan_stages(cfg_.num_layers, S, opts_.layer_split, capacity);
+  if (!capacity.empty()) {
+    // A pipeline runs at the pace of its slowest stage, so an even split (equal compute) is kept
+    // unless following free memory would give the KV pool at least 10 % more pages.
+    auto kv_room = [&](const std::vector<StageRange>& split) {
+      double room = -1.0;
+      for (int s = 0; s < S; ++s) {
+        const double weights = static_cast<double>(
+            stage_weight_bytes(cfg_, split[s].begin, split[s].end, s == 0, s == S - 1, matrix_dtype));
+        const double left = static_cast<double>(backend_free_bytes(*backends[s])) - static_cast<double>(workspace) - weights;
+        const double per_layer = left / static_cast<double>(split[s].end - split[s].begin);
+        room = room < 0 ? per_layer : std::min(room, per_layer);
+      }
+      return room;
+    };
+    const std::vector<StageRange> even = plan_stages(cfg_.num_layers, S, {});
+    if (kv_room(even) * 1.1 >= kv_room(shares)) shares = even;
+  }
+  if (opts_.interleave < 0) throw InvalidArgument("interleave must be >= 1 (or 0 for automatic), got " + std::to_string(opts_.interleave));
+  rounds_ = S == 1 ? 1 : (opts_.interleave == 0 ? default_interleave(shares, gpu) : opts_.interleave);
+  // Pipeline position p runs on stage p % S; stage s owns positions s, s + S, ... (its blocks).
+  const std::vector<StageRange> plan = interleave_stages(shares, rounds_);
+  const int P = static_cast<int>(plan.size());
   if (gpu) {  // refuse before loading anything if some stage cannot hold its share
     std::string report;
     bool fits = true;
     for (int s = 0; s < S; ++s) {
-      const size_t need = stage_weight_bytes(cfg_, plan[s].begin, plan[s].end, s == 0, s == S - 1, matrix_dtype) +
-                          static_cast<size_t>(workspace);
+      size_t need = static_cast<size_t>(workspace);
+      for (int p = s; p < P; p += S)
+        need += stage_weight_bytes(cfg_, plan[p].begin, plan[p].end, p == 0, p == P - 1, matrix_dtype);
       const size_t free_b = backend_free_bytes(*backends[s]);
       fits = fits && need <= free_b;
-      report += "\n  " + backends[s]->name() + ": layers " + std::to_string(plan[s].begin) + "-" +
-                std::to_string(plan[s].end - 1) + " need " + std::to_string(need >> 20) + " MiB, " +
+      const std::string layers = rounds_ > 1 ? std::to_string(shares[s].end - shares[s].begin) + " layers in " +
+                                                   std::to_string(rounds_) + " blocks"
+                                             : "layers " + std::to_string(shares[s].begin) + "-" +
+                                                   std::to_string(shares[s].end - 1);
+      report += "\n  " + backends[s]->name() + ": " + layers + " need " + std::to_string(need >> 20) + " MiB, " +
                 std::to_string(free_b >> 20) + " MiB available";
     }
     if (!fits)
       throw EngineError("the model does not fit on the given devices (weights plus workspace, before any KV cache):" +
                         report + "\nuse more devices, a larger max_memory, or a smaller max_num_batched_tokens");
   }
-  std::vector<StageWeights> weights;
-  for (int s = 0; s < S; ++s) {
-    const bool first = s == 0, last = s == S - 1;
+  std::vector<StageWeights> weights;  // per pipeline position
+  for (int p = 0; p < P; ++p) {
+    const int s = p % S;
+    const bool first = p == 0, last = p == P - 1;
     weights.push_back(files.weights
-                          ? load_stage_weights(cfg_, *files.weights, *backends[s], plan[s].begin, plan[s].end, first, last)
-                          : random_stage_weights(cfg_, *backends[s], plan[s].begin, plan[s].end, first, last, 1234));
+                          ? load_stage_weights(cfg_, *files.weights, *backends[s], plan[p].begin, plan[p].end, first, last)
+                          : random_stage_weights(cfg_, *backends[s], plan[p].begin, plan[p].end, first, last, 1234));
   }
   // KV pool: the same page count on every stage, sized by the tightest one.
   int64_t tokens = opts_.kv_cache_tokens;
@@ -241,8 +278,8 @@ void Engine::Impl::build_stages(const ModelFiles& files) {
       const double frac = opts_.kv_memory_fraction > 0 ? opts_.kv_memory_fraction : 0.98;
       int64_t best = -1;
       for (int s = 0; s < S; ++s) {
-        const DType act = backends[s]->activation_dtype(weights[s].layers.empty() ? DType::BF16 : weights[s].layers[0].qkv.dtype);
-        const int64_t layers = plan[s].end - plan[s].begin;
+        const DType act = DecoderStage::activation_dtype_for(weights[s], *backends[s]);
+        const int64_t layers = shares[s].end - shares[s].begin;
         const int64_t per_token = 2 * layers * cfg_.kv_size() * static_cast<int64_t>(dtype_size(act));
         // What the reservation still holds once the workspace and activation slots are set aside.
         const int64_t free_bytes = static_cast<int64_t>(backend_free_bytes(*backends[s])) - workspace;
@@ -258,10 +295,15 @@ void Engine::Impl::build_stages(const ModelFiles& files) {
   blocks_ = std::make_unique<BlockManager>(num_blocks_, opts_.block_size);
 
   for (int s = 0; s < S; ++s) {
-    auto dec = std::make_unique<DecoderStage>(cfg_, std::move(weights[s]), *backends[s], max_tokens, max_logits,
-                                              num_blocks_, opts_.block_size, s == 0, s == S - 1);
-    stages_.push_back(std::make_unique<StageWorker>(s, std::move(backends[s]), std::move(dec), num_slots(), max_tokens,
-                                                    cfg_.hidden_size, opts_.profile_stages));
+    const DType act = DecoderStage::activation_dtype_for(weights[s], *backends[s]);
+    auto ws = std::make_shared<const DecoderWorkspace>(cfg_, *backends[s], act, max_tokens, max_logits,
+                                                       /*logits=*/(P - 1) % S == s);
+    std::vector<std::unique_ptr<DecoderStage>> blocks;
+    for (int p = s; p < P; p += S)
+      blocks.push_back(std::make_unique<DecoderStage>(cfg_, std::move(weights[p]), *backends[s], ws, num_blocks_,
+                                                      opts_.block_size, p == 0, p == P - 1));
+    stages_.push_back(std::make_unique<StageWorker>(s, S, std::move(backends[s]), std::move(blocks), num_slots(),
+                                                    max_tokens, cfg_.hidden_size, opts_.profile_stages));
   }
   // GPU stages: the engine and stage threads poll their inboxes for a while before sleeping, so a
   // decode step's two thread hand-offs cost microseconds, not a wake-up each. CPU stages need
@@ -273,15 +315,19 @@ void Engine::Impl::build_stages(const ModelFiles& files) {
     stages_[0]->set_slot_fence(fence);
     stages_[S - 1]->set_slot_fence(fence);
   }
+  // Without interleaving the stages form a chain; with it, a ring (the last stage hands blocks
+  // back to the first).
+  auto next_of = [&](int s) -> StageWorker* {
+    return s + 1 < S ? stages_[s + 1].get() : (rounds_ > 1 ? stages_[0].get() : nullptr);
+  };
   for (int s = 0; s < S; ++s) {
-    StageWorker* next = s + 1 < S ? stages_[s + 1].get() : nullptr;
-    std::unique_ptr<Transport> t;
-    if (next) {
-      const size_t bytes = static_cast<size_t>(max_tokens * cfg_.hidden_size) * 4;
-      t = make_stage_transport(stages_[s]->backend(), next->backend(), opts_.transport, bytes, num_slots());
-    }
-    stages_[s]->start(next, std::move(t), [this](StageResult r) { inbox_.push(std::move(r)); }, hand_off_spin);
+    StageWorker* next = next_of(s);
+    const size_t bytes = static_cast<size_t>(max_tokens * cfg_.hidden_size) * 4;
+    links_.push_back(next ? make_stage_transport(stages_[s]->backend(), next->backend(), opts_.transport, bytes, num_slots())
+                          : nullptr);
   }
+  for (int s = 0; s < S; ++s)
+    stages_[s]->start(next_of(s), links_[s].get(), [this](StageResult r) { inbox_.push(std::move(r)); }, hand_off_spin);
 }
 
 std::shared_ptr<RequestStream> Engine::Impl::add_request(std::vector<int32_t> prompt, const SamplingOptions& sopts) {
@@ -515,13 +561,15 @@ void Engine::Impl::publish_stats() {
   st.prompt_tokens = prompt_tokens_;
   st.generated_tokens = generated_tokens_;
   st.num_stages = static_cast<int64_t>(stages_.size());
+  st.interleave = rounds_;
   st.max_model_len = opts_.max_model_len;
   for (auto& w : stages_) {
     StageStats ss;
     ss.device = w->backend().name();
     ss.transport = w->transport_name();
-    ss.layers = w->decoder().num_layers();
-    ss.weight_bytes = static_cast<int64_t>(w->decoder().weight_bytes());
+    ss.layers = w->num_layers();
+    ss.blocks = w->num_blocks();
+    ss.weight_bytes = static_cast<int64_t>(w->weight_bytes());
     const StageTimes t = w->times();
     ss.compute_s = t.compute_s;
     ss.copy_s = t.copy_s;

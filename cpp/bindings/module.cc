@@ -76,6 +76,7 @@ nb::dict stats_dict(const EngineStats& s) {
   d["prompt_tokens"] = s.prompt_tokens;
   d["generated_tokens"] = s.generated_tokens;
   d["num_stages"] = s.num_stages;
+  d["interleave"] = s.interleave;
   d["max_model_len"] = s.max_model_len;
   nb::list stages;
   for (const StageStats& st : s.stages) {
@@ -83,6 +84,7 @@ nb::dict stats_dict(const EngineStats& s) {
     sd["device"] = st.device;
     sd["transport"] = st.transport;
     sd["layers"] = st.layers;
+    sd["blocks"] = st.blocks;
     sd["compute_s"] = st.compute_s;
     sd["copy_s"] = st.copy_s;
     sd["batches"] = st.batches;
@@ -117,6 +119,8 @@ NB_MODULE(_C, m) {
       .def_rw("devices", &EngineOptions::devices)
       .def_rw("layer_split", &EngineOptions::layer_split)
       .def_rw("transport", &EngineOptions::transport)
+      .def_rw("interleave", &EngineOptions::interleave)
+      .def_rw("batches_in_flight", &EngineOptions::batches_in_flight)
       .def_rw("max_model_len", &EngineOptions::max_model_len)
       .def_rw("kv_cache_tokens", &EngineOptions::kv_cache_tokens)
       .def_rw("kv_memory_fraction", &EngineOptions::kv_memory_fraction)

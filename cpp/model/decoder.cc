@@ -12,23 +12,36 @@ namespace {
 enum Ws { kNormed, kQkv, kQ, kK, kV, kQn, kKn, kAttn, kTmp, kGateUp, kAct, kRows, kRowsNormed, kLogits, kNumWs };
 }
 
-DecoderStage::DecoderStage(const ModelConfig& cfg, StageWeights weights, Backend& backend, int64_t max_tokens,
-                           int64_t max_logits, int64_t num_blocks, int32_t block_size, bool first, bool last)
-    : cfg_(cfg), weights_(std::move(weights)), backend_(backend), first_(first), last_(last),
-      max_tokens_(max_tokens), max_logits_(max_logits) {
-  DType wdt = weights_.layers.empty() ? (weights_.embed.data ? weights_.embed.dtype : weights_.lm_head.dtype)
-                                      : weights_.layers[0].qkv.dtype;
-  act_dtype_ = backend.activation_dtype(wdt);
+DecoderWorkspace::DecoderWorkspace(const ModelConfig& cfg, Backend& backend, DType act_dtype, int64_t max_tokens,
+                                   int64_t max_logits, bool logits)
+    : dtype_(act_dtype), max_tokens_(max_tokens), max_logits_(max_logits) {
   const int64_t H = cfg.hidden_size, F = cfg.intermediate_size, T = max_tokens;
-  const size_t a = dtype_size(act_dtype_);
+  const size_t a = dtype_size(act_dtype);
   const int64_t sizes[kNumWs] = {T * H, T * (cfg.q_size() + 2 * cfg.kv_size()), T * cfg.q_size(), T * cfg.kv_size(), T * cfg.kv_size(), T * cfg.q_size(),
                                  T * cfg.kv_size(), T * cfg.q_size(), T * H, T * 2 * F, T * F,
                                  max_logits * H, max_logits * H, max_logits * cfg.vocab_size};
   for (int i = 0; i < kNumWs; ++i) {
     const bool logits_only = i == kRows || i == kRowsNormed || i == kLogits;
-    // Only the last stage computes logits; the others keep an empty buffer in those places.
-    workspace_.push_back(logits_only && !last_ ? Buffer() : backend.allocate(static_cast<size_t>(sizes[i]) * a, "workspace"));
+    // Only the device that runs the last block computes logits; the others keep empty buffers there.
+    buffers_.push_back(logits_only && !logits ? Buffer() : backend.allocate(static_cast<size_t>(sizes[i]) * a, "workspace"));
   }
+}
+
+DType DecoderStage::activation_dtype_for(const StageWeights& weights, Backend& backend) {
+  const DType wdt = weights.layers.empty() ? (weights.embed.data ? weights.embed.dtype : weights.lm_head.dtype)
+                                           : weights.layers[0].qkv.dtype;
+  return backend.activation_dtype(wdt);
+}
+
+DecoderStage::DecoderStage(const ModelConfig& cfg, StageWeights weights, Backend& backend,
+                           std::shared_ptr<const DecoderWorkspace> workspace, int64_t num_blocks, int32_t block_size,
+                           bool first, bool last)
+    : cfg_(cfg), weights_(std::move(weights)), backend_(backend), workspace_(std::move(workspace)), first_(first),
+      last_(last) {
+  act_dtype_ = activation_dtype_for(weights_, backend);
+  if (!workspace_ || workspace_->dtype() != act_dtype_)
+    throw EngineError("decoder stage: the workspace must be made in the stage's activation dtype");
+  const size_t a = dtype_size(act_dtype_);
   const int64_t slots = num_blocks * block_size;
   for (int64_t l = weights_.layer_begin; l < weights_.layer_end; ++l) {
     const size_t bytes = static_cast<size_t>(slots * cfg.kv_size()) * a;
@@ -41,13 +54,11 @@ DecoderStage::DecoderStage(const ModelConfig& cfg, StageWeights weights, Backend
   }
 }
 
-Tensor DecoderStage::ws(int i, std::vector<int64_t> shape) const {
-  return workspace_[i].view(act_dtype_, std::move(shape));
-}
-
 void DecoderStage::forward(const DeviceStep& step, Tensor x) {
   const int64_t T = step.num_tokens;
-  if (T > max_tokens_) throw EngineError("step of " + std::to_string(T) + " tokens exceeds the workspace of " + std::to_string(max_tokens_));
+  if (T > workspace_->max_tokens())
+    throw EngineError("step of " + std::to_string(T) + " tokens exceeds the workspace of " +
+                      std::to_string(workspace_->max_tokens()));
   const int64_t H = cfg_.hidden_size, D = cfg_.head_dim, Hq = cfg_.num_heads, Hk = cfg_.num_kv_heads;
   const int64_t F = cfg_.intermediate_size;
   const float eps = static_cast<float>(cfg_.rms_norm_eps);
@@ -101,7 +112,9 @@ void DecoderStage::forward(const DeviceStep& step, Tensor x) {
 
 Tensor DecoderStage::compute_logits(const DeviceStep& step, const Tensor& x) {
   const int64_t N = step.num_logits, H = cfg_.hidden_size;
-  if (N > max_logits_) throw EngineError("step samples " + std::to_string(N) + " rows, more than the " + std::to_string(max_logits_) + " reserved");
+  if (N > workspace_->max_logits())
+    throw EngineError("step samples " + std::to_string(N) + " rows, more than the " +
+                      std::to_string(workspace_->max_logits()) + " reserved");
   Tensor rows = ws(kRows, {N, H}), rows_n = ws(kRowsNormed, {N, H});
   backend_.gather_rows(x, step.logits_indices, N, rows);
   backend_.rms_norm(rows, weights_.final_norm, static_cast<float>(cfg_.rms_norm_eps), rows_n);

@@ -1,6 +1,7 @@
 // Layer split validation and planning: every layer placed exactly once, every stage non-empty.
 #include "pipeline/stage_plan.h"
 
+#include <algorithm>
 #include <cmath>
 #include <numeric>
 #include <string>
@@ -47,6 +48,37 @@ std::vector<StageRange> plan_stages(int64_t num_layers, int num_stages, const st
     at += c;
   }
   return out;
+}
+
+std::vector<StageRange> interleave_stages(const std::vector<StageRange>& per_device, int rounds) {
+  const int S = static_cast<int>(per_device.size());
+  if (rounds < 1) throw InvalidArgument("interleave must be >= 1 (or 0 for automatic), got " + std::to_string(rounds));
+  for (int d = 0; d < S; ++d) {
+    const int64_t n = per_device[d].end - per_device[d].begin;
+    if (n < rounds)
+      throw InvalidArgument("interleave " + std::to_string(rounds) + " needs at least " + std::to_string(rounds) +
+                            " layers on every device, but stage " + std::to_string(d) + " has " + std::to_string(n));
+  }
+  std::vector<StageRange> out;
+  int64_t at = per_device.empty() ? 0 : per_device.front().begin;
+  for (int j = 0; j < rounds; ++j) {
+    for (int d = 0; d < S; ++d) {
+      const int64_t n = per_device[d].end - per_device[d].begin;
+      const int64_t c = n / rounds + (j < n % rounds ? 1 : 0);
+      out.push_back({at, at + c});
+      at += c;
+    }
+  }
+  return out;
+}
+
+int default_interleave(const std::vector<StageRange>& per_device, bool gpu, int64_t min_block_layers) {
+  if (!gpu || per_device.size() < 2) return 1;
+  int64_t fewest = per_device.front().end - per_device.front().begin;
+  for (const StageRange& r : per_device) fewest = std::min(fewest, r.end - r.begin);
+  int rounds = 4;
+  while (rounds > 1 && fewest < rounds * min_block_layers) rounds /= 2;
+  return rounds;
 }
 
 }  // namespace ember

@@ -17,4 +17,14 @@ struct StageRange {
 std::vector<StageRange> plan_stages(int64_t num_layers, int num_stages, const std::vector<int64_t>& split,
                                     const std::vector<double>& capacity = {});
 
+// Interleaving: each device's share of layers (`per_device`, from plan_stages) cut into `rounds`
+// blocks placed round-robin, so that a batch passes every device `rounds` times and a pipeline
+// fills and drains on blocks 1/rounds the size. Returns the S * rounds blocks in pipeline order:
+// block p runs on device p % S and holds the next layers after block p - 1.
+std::vector<StageRange> interleave_stages(const std::vector<StageRange>& per_device, int rounds);
+
+// The automatic number of rounds: 1 for one stage (or CPU stages), otherwise as many as keep
+// every block at least `min_block_layers` layers, at most 4.
+int default_interleave(const std::vector<StageRange>& per_device, bool gpu, int64_t min_block_layers = 2);
+
 }  // namespace ember

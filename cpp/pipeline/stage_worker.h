@@ -1,5 +1,5 @@
 // One pipeline stage: a thread that owns one device's backend, weights, KV pool and activation
-// buffers, runs its layers on each batch it receives and hands the result to the next stage.
+// buffers, runs its blocks of layers on each batch it receives and hands the result on.
 #pragma once
 
 #include <atomic>
@@ -33,22 +33,29 @@ struct StageResult {
   std::shared_ptr<StepBatch> batch;
   std::vector<SampleResult> samples;
   std::string error;  // non-empty: the batch failed in some stage
+  int position = 0;   // the block of layers the batch goes through next (pipeline order)
 };
 
 class StageWorker {
  public:
   using ResultSink = std::function<void(StageResult)>;
 
-  // `num_slots` activation buffers of [max_tokens, hidden] receive batches in flight.
-  StageWorker(int index, std::unique_ptr<Backend> backend, std::unique_ptr<DecoderStage> decoder, int num_slots,
-              int64_t max_tokens, int64_t hidden, bool profile);
+  // Stage `index` of `num_stages` runs `blocks` (its blocks of layers, in pipeline order: block j
+  // is pipeline position j * num_stages + index). `num_slots` activation buffers of
+  // [max_tokens, hidden] receive batches in flight.
+  StageWorker(int index, int num_stages, std::unique_ptr<Backend> backend,
+              std::vector<std::unique_ptr<DecoderStage>> blocks, int num_slots, int64_t max_tokens, int64_t hidden,
+              bool profile);
   ~StageWorker();
   StageWorker(const StageWorker&) = delete;
   StageWorker& operator=(const StageWorker&) = delete;
 
-  // Wires the stage to its successor (nullptr for the last stage) and starts the thread, which polls
-  // its inbox for `spin` before sleeping (BlockingQueue::set_spin).
-  void start(StageWorker* next, std::unique_ptr<Transport> to_next, ResultSink sink,
+  // Wires the stage to the one that runs the next pipeline position (nullptr when there is none:
+  // a single stage, or the last of a pipeline without interleaving) and starts the thread, which
+  // polls its inbox for `spin` before sleeping (BlockingQueue::set_spin).
+  // The transport belongs to the caller and must outlive the thread (stop()) and both stages'
+  // backends; in a ring the last stage's transport points back at the first stage's backend.
+  void start(StageWorker* next, Transport* to_next, ResultSink sink,
              std::chrono::microseconds spin = std::chrono::microseconds(0));
   void submit(StageResult work) { inbox_.push(std::move(work)); }
   // The first stage acquires and the last releases each batch's slot through `fence` (before start).
@@ -56,7 +63,9 @@ class StageWorker {
   void stop();
 
   Backend& backend() { return *backend_; }
-  DecoderStage& decoder() { return *decoder_; }
+  int64_t num_layers() const;
+  size_t weight_bytes() const;
+  int num_blocks() const { return static_cast<int>(blocks_.size()); }
   void* slot_buffer(int slot) const { return slots_[slot].get(); }
   std::string transport_name() const { return to_next_ ? to_next_->name() : "-"; }
   int64_t graphs_captured() const { return graphs_count_.load(); }
@@ -67,11 +76,12 @@ class StageWorker {
 
  private:
   void run();
-  void process(StageResult& work);
-  // Runs the stage's ops for a decode step, as a replayed graph where the backend supports it.
-  // Returns the logits on the last stage.
-  Tensor run_ops(const DeviceStep& step, Tensor x, bool decode_only);
-  Tensor run_eager(const DeviceStep& step, Tensor x);
+  // Runs the block at work.position; true when it was the pipeline's last (the batch is sampled).
+  bool process(StageResult& work);
+  // Runs a block's ops for a decode step, as a replayed graph where the backend supports it.
+  // Returns the logits after the pipeline's last block.
+  Tensor run_ops(int block, const DeviceStep& step, Tensor x, bool decode_only);
+  Tensor run_eager(DecoderStage& block, const DeviceStep& step, Tensor x);
 
   struct Graph {
     int id = -1;
@@ -82,13 +92,14 @@ class StageWorker {
   std::unordered_set<uint64_t> not_capturable_;
 
   int index_;
+  int num_stages_;
   std::unique_ptr<Backend> backend_;
-  std::unique_ptr<DecoderStage> decoder_;
+  std::vector<std::unique_ptr<DecoderStage>> blocks_;
   std::vector<Buffer> slots_;
   int64_t hidden_;
   StageWorker* next_ = nullptr;
-  std::unique_ptr<Transport> to_next_;
-  Transport* from_prev_ = nullptr;  // owned by the previous stage
+  Transport* to_next_ = nullptr;    // owned by the engine
+  Transport* from_prev_ = nullptr;  // the previous stage's to_next_
   bool profile_ = false;
   std::atomic<int64_t> graphs_count_{0};
   mutable std::mutex times_mu_;

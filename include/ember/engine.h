@@ -18,6 +18,13 @@ struct EngineOptions {
   std::vector<std::string> devices{"cpu"};  // one pipeline stage per entry: "cpu", "cuda:0", "0"
   std::vector<int64_t> layer_split;         // layers per stage; empty = even split
   std::string transport = "auto";           // auto | peer | host (between GPU stages)
+  // Blocks of layers per stage, placed round-robin (stage s runs blocks s, s + S, ...), so that a
+  // batch passes every stage `interleave` times and a pipeline fills and drains on smaller
+  // blocks; 0 = automatic (up to 4 on GPUs, keeping blocks of 2 layers or more; 1 on CPUs).
+  int32_t interleave = 0;
+  // Batches in the pipeline at once (one activation buffer each per stage); 0 = automatic
+  // (stages + 1 with several stages, 1 with one).
+  int32_t batches_in_flight = 0;
   int64_t max_model_len = 0;                // 0 = min(config, 8192)
   int64_t kv_cache_tokens = 0;              // 0 = sized from kv_memory_fraction / defaults
   double kv_memory_fraction = 0.0;          // of the GPU memory left after weights and workspace; 0 = 0.98
@@ -54,9 +61,10 @@ struct StageStats {
   std::string device;
   std::string transport;  // to the next stage ("-" for the last)
   int64_t layers = 0;
+  int64_t blocks = 1;     // blocks of layers (interleave)
   double compute_s = 0.0;
   double copy_s = 0.0;
-  int64_t batches = 0;
+  int64_t batches = 0;    // blocks run (a batch counts once per block it passes here)
   int64_t weight_bytes = 0;
   int64_t graphs = 0;  // decode graphs captured
 };
@@ -73,6 +81,7 @@ struct EngineStats {
   int64_t prompt_tokens = 0;     // prompt tokens computed (including recomputation)
   int64_t generated_tokens = 0;
   int64_t num_stages = 0;
+  int64_t interleave = 1;
   int64_t max_model_len = 0;
   std::vector<StageStats> stages;
 };

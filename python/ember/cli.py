@@ -95,6 +95,12 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--transport", choices=["auto", "peer", "host"], default="auto",
                    help="how activations move between stages (default: auto)")  # fmt: skip
+    g.add_argument(
+        "--interleave",
+        type=_positive_int,
+        default=None,
+        help="blocks of layers per stage, placed round-robin (default: automatic)",
+    )
 
 
 def _sampling_args(p: argparse.ArgumentParser, max_tokens: int) -> None:
@@ -226,6 +232,7 @@ def load_llm(args: argparse.Namespace, stderr: TextIO) -> LLM:
             max_model_len=args.ctx,
             layer_split=args.split,
             transport=args.transport,
+            interleave=args.interleave,
         )
 
 

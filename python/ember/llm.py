@@ -176,6 +176,8 @@ class LLM:
         block_size: int = 16,
         layer_split: Sequence[int] | None = None,
         transport: str = "auto",
+        interleave: int | None = None,
+        batches_in_flight: int | None = None,
         num_threads: int = 0,
         max_memory: int | None = None,
         gpu_memory_utilization: float | None = None,
@@ -201,6 +203,9 @@ class LLM:
         if layer_split is not None:
             opts.layer_split = [int(x) for x in layer_split]
         opts.transport = transport
+        # None = automatic; n = blocks of layers per stage, placed round-robin over the stages.
+        opts.interleave = _non_negative("interleave", interleave)
+        opts.batches_in_flight = _non_negative("batches_in_flight", batches_in_flight)
         opts.max_model_len = _non_negative("max_model_len", max_model_len)
         opts.kv_cache_tokens = _non_negative("kv_cache_tokens", kv_cache_tokens)
         opts.kv_memory_fraction = float(kv_memory_fraction or 0.0)

@@ -41,3 +41,32 @@ TEST(StagePlan, ExplicitSplitIsChecked) {
   EXPECT_THROW(plan_stages(32, 2, {0, 32}), ember::InvalidArgument);       // empty stage
   EXPECT_THROW(plan_stages(2, 3, {}), ember::InvalidArgument);             // more stages than layers
 }
+
+TEST(StagePlan, InterleaveCutsEachDeviceShareIntoRoundRobinBlocks) {
+  using ember::interleave_stages;
+  // 14 + 18 layers, 2 rounds: device 0 runs 7 + 7, device 1 runs 9 + 9, in the order d0 d1 d0 d1.
+  auto blocks = interleave_stages(plan_stages(32, 2, {14, 18}), 2);
+  EXPECT_EQ(counts(blocks), (std::vector<int64_t>{7, 9, 7, 9}));
+  // An uneven share gives its remainder to the earlier rounds; every layer is placed once.
+  auto c = counts(interleave_stages(plan_stages(30, 4, {}), 3));  // shares 8 8 7 7
+  EXPECT_EQ(c, (std::vector<int64_t>{3, 3, 3, 3, 3, 3, 2, 2, 2, 2, 2, 2}));
+  // One round is the plain split.
+  EXPECT_EQ(counts(interleave_stages(plan_stages(32, 2, {}), 1)), (std::vector<int64_t>{16, 16}));
+}
+
+TEST(StagePlan, InterleaveIsChecked) {
+  using ember::interleave_stages;
+  EXPECT_THROW(interleave_stages(plan_stages(32, 2, {}), 0), ember::InvalidArgument);
+  EXPECT_THROW(interleave_stages(plan_stages(32, 2, {3, 29}), 4), ember::InvalidArgument);  // 3 layers, 4 blocks
+  EXPECT_NO_THROW(interleave_stages(plan_stages(32, 2, {4, 28}), 4));
+}
+
+TEST(StagePlan, DefaultInterleaveKeepsBlocksOfTwoLayers) {
+  using ember::default_interleave;
+  EXPECT_EQ(default_interleave(plan_stages(32, 2, {}), true), 4);
+  EXPECT_EQ(default_interleave(plan_stages(32, 4, {}), true), 4);
+  EXPECT_EQ(default_interleave(plan_stages(32, 8, {}), true), 2);
+  EXPECT_EQ(default_interleave(plan_stages(4, 2, {}), true), 1);
+  EXPECT_EQ(default_interleave(plan_stages(32, 1, {}), true), 1);   // one stage: nothing to interleave
+  EXPECT_EQ(default_interleave(plan_stages(32, 2, {}), false), 1);  // CPU stages share the cores
+}

@@ -15,7 +15,7 @@ import pytest
 from ember import _C
 from ember.bench import ModelCost, format_table, int_list, main, make_result
 
-TINY = "custom:vocab=256,hidden=64,layers=2,heads=4,kv_heads=2,ffn=128"
+TINY = "custom:vocab=256,hidden=64,layers=4,heads=4,kv_heads=2,ffn=128"
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -135,7 +135,7 @@ def test_bench_cpu_table_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[
         assert key in doc, key
     assert doc["devices"] == ["cpu"] and doc["backend"] == "CPU"
     assert doc["ceilings"]["copy_bytes_per_s"] > 0
-    assert doc["config"]["num_layers"] == 2
+    assert doc["config"]["num_layers"] == 4
     by_name = {r["test"]: r for r in doc["results"]}
     assert set(by_name) == {"pp32", "pp48", "tg8", "tg8 @ d16", "c3 gen", "c3 total"}
     for r in doc["results"]:
@@ -186,6 +186,8 @@ def test_scaling_script_on_cpu_stages(tmp_path: Path, capsys: pytest.CaptureFixt
             "1",
             "--max-num-seqs",
             "4",
+            "--interleave",
+            "2",
             "--no-ceilings",
             "--json",
             str(out),
@@ -203,5 +205,6 @@ def test_scaling_script_on_cpu_stages(tmp_path: Path, capsys: pytest.CaptureFixt
         for name in ("pp40", "ttft", "tg8", "c2", "cmax"):
             assert r["measures"][name]["mean"] > 0, name
     assert "| pp40 tok/s |" in doc["markdown"] and doc["markdown"] in printed
+    assert [r["interleave"] for r in doc["results"]] == [1, 2]
     two = doc["markdown"].splitlines()[5]
-    assert two.startswith("| " + TINY + " | 2 | host |") and "×" in two
+    assert two.startswith("| " + TINY + " | 2 | host | 2 |") and "×" in two

@@ -129,6 +129,38 @@ def test_two_gpu_stages_equal_one(tiny_model, make_llm, transport):
     assert llm.stats()["blocks_used"] == 0
 
 
+@needs_2_gpus
+@pytest.mark.parametrize("transport", ["peer", "host"])
+@pytest.mark.parametrize("interleave", [2, 4])
+def test_two_gpu_interleaved_stages_equal_one(tiny_model, make_llm, transport, interleave):
+    """Eight layers in blocks placed round-robin on two GPUs: prefill chunks and decode steps
+    (graphs replayed per block) go round the ring and give the same greedy tokens."""
+    path = tiny_model("llama", layers=8)
+    prompts = [LONG_PROMPT, LONG_PROMPT[:30], LONG_PROMPT[5:90]]
+    one = [
+        o.outputs[0].token_ids
+        for o in make_llm(path, devices=[0], gpu_memory_utilization=GPU_SHARE).generate(
+            prompts, greedy(20)
+        )
+    ]
+    llm = make_llm(
+        path,
+        devices=[0, 1],
+        transport=transport,
+        interleave=interleave,
+        gpu_memory_utilization=GPU_SHARE,
+        chunk_size=32,
+    )
+    assert [o.outputs[0].token_ids for o in llm.generate(prompts, greedy(20))] == one
+    alone = [llm.generate([p], greedy(20))[0].outputs[0].token_ids for p in prompts]
+    assert alone == one
+    stats = llm.stats()
+    assert stats["interleave"] == interleave
+    assert [s["transport"] for s in stats["stages"]] == [transport, transport]
+    assert all(s["graphs"] > 0 for s in stats["stages"])
+    assert stats["blocks_used"] == 0
+
+
 @needs_4_gpus
 def test_four_gpu_stages_equal_one(tiny_model, make_llm):
     path = tiny_model("qwen3", layers=4)
@@ -142,6 +174,18 @@ def test_four_gpu_stages_equal_one(tiny_model, make_llm):
         path, devices=[0, 1, 2, 3], chunk_size=16, gpu_memory_utilization=GPU_SHARE
     ).generate([LONG_PROMPT], greedy())
     assert four[0].outputs[0].token_ids == one
+    ring = make_llm(
+        tiny_model("qwen3", layers=8),
+        devices=[0, 1, 2, 3],
+        interleave=2,
+        chunk_size=16,
+        gpu_memory_utilization=GPU_SHARE,
+    )
+    one_8 = make_llm(tiny_model("qwen3", layers=8), devices=[0], gpu_memory_utilization=GPU_SHARE)
+    assert (
+        ring.generate([LONG_PROMPT], greedy())[0].outputs[0].token_ids
+        == one_8.generate([LONG_PROMPT], greedy())[0].outputs[0].token_ids
+    )
 
 
 @needs_gpu

@@ -88,6 +88,58 @@ def test_pipeline_stages_equal_one_stage(
     assert batch_ids == [alone[0][0] for alone in baseline["alone"]]
 
 
+@pytest.mark.parametrize(
+    "chunk_size,layer_split",
+    [(16, None), (1, None), (None, [2, 2])],
+    ids=["chunk-16", "chunk-1", "split-2-2"],
+)
+def test_interleaved_stages_equal_one_stage(
+    four_layer_model, baseline, make_llm, chunk_size, layer_split
+):
+    """Two stages of two one-layer blocks each (layers 0 and 2 on the first, 1 and 3 on the
+    second): every batch goes round the ring twice and gives the same tokens and logits."""
+    llm = make_llm(
+        four_layer_model,
+        devices=["cpu", "cpu"],
+        interleave=2,
+        chunk_size=chunk_size,
+        layer_split=layer_split,
+    )
+    stats = llm.stats()
+    assert stats["interleave"] == 2
+    assert [(s["layers"], s["blocks"]) for s in stats["stages"]] == [(2, 2), (2, 2)]
+    ids, logits = run(llm, [LONG_PROMPT], 8)
+    assert_same(ids, logits, *baseline["long"])
+    batch_ids, _ = run(llm, PROMPTS, 10, logits=False)
+    assert batch_ids == [alone[0][0] for alone in baseline["alone"]]
+    assert llm.stats()["blocks_used"] == 0
+
+
+def test_interleaved_three_stages_with_uneven_blocks(tiny_model, make_llm):
+    """Seven layers over three stages (3, 2, 2) in two rounds: blocks of 2 1 1 | 1 1 1 layers."""
+    model = tiny_model("llama", layers=7)
+    one = make_llm(model)
+    ids_1, logits_1 = run(one, [LONG_PROMPT] + PROMPTS[:3], 6)
+    llm = make_llm(model, devices=["cpu"] * 3, interleave=2, chunk_size=24)
+    assert [s["blocks"] for s in llm.stats()["stages"]] == [2, 2, 2]
+    assert [s["layers"] for s in llm.stats()["stages"]] == [3, 2, 2]
+    ids_3, logits_3 = run(llm, [LONG_PROMPT] + PROMPTS[:3], 6)
+    assert_same(ids_3, logits_3, ids_1, logits_1)
+
+
+def test_interleave_is_validated(four_layer_model):
+    import ember
+
+    # Four layers on two stages cannot be cut into three blocks per stage.
+    with pytest.raises(ValueError, match="interleave 3 needs at least 3 layers"):
+        ember.LLM(str(four_layer_model), devices=["cpu", "cpu"], interleave=3)
+    with pytest.raises(ValueError, match="interleave"):
+        ember.LLM(str(four_layer_model), devices=["cpu", "cpu"], interleave=-1)
+    # One stage has nothing to interleave: the option is accepted and has no effect.
+    with ember.LLM(str(four_layer_model), interleave=2) as llm:
+        assert llm.stats()["interleave"] == 1
+
+
 @pytest.mark.parametrize("edge", [3, 0, None], ids=["edge-3", "edge-off", "edge-auto"])
 def test_edge_chunks_equal_one_stage(four_layer_model, baseline, make_llm, edge):
     """Small first and last chunks around large middle ones (pipeline default) change nothing."""
