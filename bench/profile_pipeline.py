@@ -32,7 +32,13 @@ def families(ev: list[tuple[float, float, str]]) -> dict[str, float]:
 
 
 def run(
-    devices: list[int], prompt: int, chunk: int | None, edge: int | None, interleave: int = 0
+    devices: list[int],
+    prompt: int,
+    chunk: int | None,
+    edge: int | None,
+    interleave: int = 0,
+    batches: int = 0,
+    transport: str = "auto",
 ) -> dict[str, Any]:
     from torch.profiler import ProfilerActivity, profile
 
@@ -46,6 +52,8 @@ def run(
         chunk_size=chunk,
         edge_chunk_size=edge,
         interleave=interleave or None,
+        batches_in_flight=batches or None,
+        transport=transport if len(devices) > 1 else "auto",
     )
     sp = SamplingParams(max_tokens=1, ignore_eos=True)
     ids = [(i * 7919) % 1000 + 1 for i in range(prompt)]
@@ -61,11 +69,13 @@ def run(
         "chunk": chunk,
         "edge": edge,
         "interleave": interleave,
+        "batches_in_flight": batches,
+        "transport": transport,
         "ttft_ms": ttft * 1e3,
     }
     print(
-        f"\n== devices {devices} chunk {chunk} edge {edge} interleave {interleave or 'auto'}: "
-        f"ttft {ttft * 1e3:.1f} ms"
+        f"\n== devices {devices} {transport} chunk {chunk} edge {edge} "
+        f"interleave {interleave or 'auto'} batches {batches or 'auto'}: ttft {ttft * 1e3:.1f} ms"
     )
     for d, ev in sorted(evs.items()):
         busy = sum(e - s for s, e, _ in ev)
@@ -94,8 +104,9 @@ def main() -> None:
     ap.add_argument(
         "--chunks",
         default="512:0,1024:512",
-        help="[gpus@]chunk:edge[:interleave] runs (gpus defaults to --gpus)",
+        help="[gpus@]chunk:edge[:interleave[:batches]] runs (gpus defaults to --gpus)",
     )
+    ap.add_argument("--transport", default="auto", help="between GPU stages: auto, peer or host")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     import torch
@@ -104,9 +115,9 @@ def main() -> None:
     results = [run([0], args.prompt, None, None)]
     for item in args.chunks.split(","):
         gpus, _, spec = item.rpartition("@")
-        fields = [int(f) for f in spec.split(":")] + [0, 0]
+        f = [int(x) for x in spec.split(":")] + [0, 0, 0]
         devices = list(range(int(gpus) if gpus else args.gpus))
-        results.append(run(devices, args.prompt, fields[0], fields[1], fields[2]))
+        results.append(run(devices, args.prompt, f[0], f[1], f[2], f[3], args.transport))
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
 

@@ -90,10 +90,14 @@ class Engine::Impl {
   // Batches that may be in flight at once: one per stage, plus one with several stages so that
   // the next chunk is already queued at stage 0 when a batch leaves the last stage (the engine's
   // round trip would otherwise leave stage 0 idle once per batch).
+  // Interleaved, a prompt's chunks go round the ring v times; with 2S + 2 of them in flight each
+  // stage works through a round of several chunks while the first of them comes back (a schedule
+  // simulation and 4-GPU sweeps: S + 1 left the stages waiting at every round).
   int num_slots() const {
     const int S = static_cast<int>(opts_.devices.size());
     if (opts_.batches_in_flight > 0) return opts_.batches_in_flight;
-    return S > 1 ? S + 1 : 1;
+    if (S == 1) return 1;
+    return rounds_ > 1 ? 2 * S + 2 : S + 1;
   }
 
   std::vector<std::unique_ptr<StageWorker>> stages_;
@@ -322,7 +326,8 @@ void Engine::Impl::build_stages(const ModelFiles& files) {
   };
   for (int s = 0; s < S; ++s) {
     StageWorker* next = next_of(s);
-    const size_t bytes = static_cast<size_t>(max_tokens * cfg_.hidden_size) * 4;
+    const size_t bytes = static_cast<size_t>(max_tokens * cfg_.hidden_size) *
+                         dtype_size(stages_[s]->activation_dtype());
     links_.push_back(next ? make_stage_transport(stages_[s]->backend(), next->backend(), opts_.transport, bytes, num_slots())
                           : nullptr);
   }

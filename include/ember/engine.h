@@ -23,7 +23,7 @@ struct EngineOptions {
   // blocks; 0 = automatic (up to 4 on GPUs, keeping blocks of 2 layers or more; 1 on CPUs).
   int32_t interleave = 0;
   // Batches in the pipeline at once (one activation buffer each per stage); 0 = automatic
-  // (stages + 1 with several stages, 1 with one).
+  // (1 with one stage, stages + 1 with several, 2 * stages + 2 interleaved).
   int32_t batches_in_flight = 0;
   int64_t max_model_len = 0;                // 0 = min(config, 8192)
   int64_t kv_cache_tokens = 0;              // 0 = sized from kv_memory_fraction / defaults
