@@ -117,6 +117,7 @@ class Engine::Impl {
   uint64_t arrivals_ = 0;
   int64_t num_blocks_ = 0;
   int rounds_ = 1;  // interleave: how many blocks of layers each stage runs
+  bool auto_chunk_ = false;  // chunk_size was left to the engine
   int64_t steps_ = 0, prompt_tokens_ = 0, generated_tokens_ = 0;
   bool stopping_ = false;
   std::atomic<bool> dead_{false};
@@ -138,6 +139,15 @@ Engine::Impl::Impl(const EngineOptions& opts) : opts_(opts) {
   cfg_ = files.config;
   validate_options();
   build_stages(files);
+  if (auto_chunk_ && rounds_ > 1) {
+    // Interleaved, fill and drain cost a block of one chunk, 1/rounds of a stage's share, so the
+    // chunks can be larger (and run closer to one whole prompt's efficiency): as large as cuts an
+    // 8192-token prompt into 2S chunks, the fewest that keep a ring of S stages busy; at least 512.
+    const int S = static_cast<int>(stages_.size());
+    int32_t chunk = 512;
+    while (chunk * 2 * 2 * S <= 8192) chunk *= 2;
+    opts_.chunk_size = std::min(chunk, opts_.max_num_batched_tokens);
+  }
   files.weights.reset();  // weights now live in the stages' memory
   SchedulerOptions so;
   so.max_num_seqs = opts_.max_num_seqs;
@@ -172,9 +182,11 @@ void Engine::Impl::validate_options() {
                           std::to_string(opts_.batches_in_flight));
   if (opts_.chunk_size < 0) throw InvalidArgument("chunk_size must be >= 1 (or 0 for automatic), got " + std::to_string(opts_.chunk_size));
   // Pipelines: the bulk of a long prompt in chunks of kPipelineChunk, the first and last of
-  // kPipelineEdgeChunk, so that stages overlap without running at a small chunk's efficiency.
+  // kPipelineEdgeChunk, so that stages overlap without running at a small chunk's efficiency
+  // (interleaved pipelines revise the middle chunks once the rounds are known: auto_chunk_).
   constexpr int32_t kPipelineChunk = 1024, kPipelineEdgeChunk = 512;
   const bool auto_chunk = opts_.chunk_size == 0;
+  auto_chunk_ = auto_chunk;
   const bool pipeline = opts_.devices.size() > 1;
   if (auto_chunk) opts_.chunk_size = pipeline ? kPipelineChunk : opts_.max_num_batched_tokens;
   if (opts_.edge_chunk_size < -1)
@@ -241,7 +253,16 @@ void Engine::Impl::build_stages(const ModelFiles& files) {
     if (kv_room(even) * 1.1 >= kv_room(shares)) shares = even;
   }
   if (opts_.interleave < 0) throw InvalidArgument("interleave must be >= 1 (or 0 for automatic), got " + std::to_string(opts_.interleave));
-  rounds_ = S == 1 ? 1 : (opts_.interleave == 0 ? default_interleave(shares, gpu) : opts_.interleave);
+  if (S > 1 && opts_.interleave == 0) {
+    // Every round adds S hops to a decode step: ~4.5 us each between peer cards (H200s), ~7 us
+    // staged through the host, so host staging stops at fewer rounds.
+    int max_rounds = 8;
+    for (int s = 0; s < S; ++s)
+      if (!stage_link_is_peer(*backends[s], *backends[(s + 1) % S], opts_.transport)) max_rounds = 4;
+    rounds_ = default_interleave(shares, gpu, max_rounds);
+  } else {
+    rounds_ = S == 1 ? 1 : opts_.interleave;
+  }
   // Pipeline position p runs on stage p % S; stage s owns positions s, s + S, ... (its blocks).
   const std::vector<StageRange> plan = interleave_stages(shares, rounds_);
   const int P = static_cast<int>(plan.size());

@@ -1,13 +1,16 @@
-// Both transports run asynchronously: the copy waits on an event recorded after the sending
+// Both transports run asynchronously: a chunk's copy waits on an event recorded after the sending
 // stage's compute, runs on a stream of its own (so the sender's next chunk computes meanwhile),
-// and the receiver's stream waits on the copy's event. No host thread blocks on a transfer.
+// and the receiver's stream waits on the copy's event; a decode step's rows go through the flag
+// kernels of kernels/handoff.cu on the compute streams. No host thread blocks on a transfer.
 #include "cuda_transport.h"
 
 #include <cuda_runtime.h>
 
+#include <cstring>
 #include <vector>
 
 #include "cuda_check.h"
+#include "kernels/launchers.h"
 #include "ember/error.h"
 
 namespace ember {
@@ -39,26 +42,69 @@ cudaStream_t make_stream(int device) {
   return s;
 }
 
+// Hand-offs up to this size (a decode step's rows) go through the flag kernels of handoff.cu on
+// the two compute streams; larger ones (prefill chunks) through copy engines and events, which
+// overlap the sender's next chunk.
+constexpr size_t kFlagBytes = size_t{256} << 10;
+
+// Zeroed 64-bit words, one per slot, in a card's memory or in pinned host memory.
+class SlotWords {
+ public:
+  SlotWords(int device, int num_slots, bool on_host) : device_(device), on_host_(on_host) {
+    ScopedDevice g(device);
+    const size_t bytes = sizeof(unsigned long long) * static_cast<size_t>(num_slots);
+    void* p = nullptr;
+    if (on_host) {
+      EMBER_CUDA_CHECK(cudaHostAlloc(&p, bytes, cudaHostAllocPortable | cudaHostAllocMapped));
+      std::memset(p, 0, bytes);
+    } else {
+      EMBER_CUDA_CHECK(cudaMalloc(&p, bytes));
+      EMBER_CUDA_CHECK(cudaMemset(p, 0, bytes));
+    }
+    words_ = static_cast<unsigned long long*>(p);
+  }
+  ~SlotWords() {
+    if (on_host_) {
+      cudaFreeHost(words_);
+    } else {
+      cudaSetDevice(device_);
+      cudaFree(words_);
+    }
+  }
+  SlotWords(const SlotWords&) = delete;
+  SlotWords& operator=(const SlotWords&) = delete;
+  unsigned long long* at(int slot) const { return words_ + slot; }
+
+ private:
+  int device_;
+  bool on_host_;
+  unsigned long long* words_ = nullptr;
+};
+
+// The flag kernels' state per slot: hand-offs sent (the sender's card), the flag the sender raises
+// (the receiver's card, or pinned host memory when the cards cannot reach each other) and hand-offs
+// waited for (the receiver's card). Every flagged send is matched by one wait, so the counters
+// agree without the host keeping any count.
+struct HandoffFlags {
+  HandoffFlags(int from, int to, int num_slots, bool flag_on_host)
+      : sent(from, num_slots, false), flag(to, num_slots, flag_on_host), waited(to, num_slots, false) {}
+  SlotWords sent, flag, waited;
+};
+
 class CudaTransportBase : public Transport {
  public:
-  CudaTransportBase(CudaBackend& from, CudaBackend& to, int num_slots)
-      : from_(from), to_(to), compute_done_(make_event(from.device())), copy_stream_(make_stream(from.device())) {
-    for (int i = 0; i < num_slots; ++i) arrived_.push_back(make_event(from.device()));
-  }
+  CudaTransportBase(CudaBackend& from, CudaBackend& to)
+      : from_(from), to_(to), compute_done_(make_event(from.device())), copy_stream_(make_stream(from.device())) {}
   ~CudaTransportBase() override {
     cudaSetDevice(from_.device());
     cudaStreamSynchronize(copy_stream_);
-    for (cudaEvent_t e : arrived_) cudaEventDestroy(e);
     cudaEventDestroy(compute_done_);
     cudaStreamDestroy(copy_stream_);
   }
-  void wait_arrival(int slot) override {
-    ScopedDevice g(to_.device());
-    EMBER_CUDA_CHECK(cudaStreamWaitEvent(static_cast<cudaStream_t>(to_.native_stream()), arrived_.at(slot), 0));
-  }
-  void synchronize() override {
+  void synchronize() override {  // the flag hand-offs run on the sender's compute stream
     ScopedDevice g(from_.device());
     EMBER_CUDA_CHECK(cudaStreamSynchronize(copy_stream_));
+    EMBER_CUDA_CHECK(cudaStreamSynchronize(static_cast<cudaStream_t>(from_.native_stream())));
   }
 
  protected:
@@ -71,20 +117,19 @@ class CudaTransportBase : public Transport {
   CudaBackend& to_;
   cudaEvent_t compute_done_;
   cudaStream_t copy_stream_;
-  std::vector<cudaEvent_t> arrived_;
 };
 
 // A chunk's activations are pulled by the receiving card: a stream of its own waits for the
 // sender's compute, copies over the link and records a local event that the receiver's compute
 // stream waits on. (Pushed from the sender's copy stream, with the receiver's compute stream
-// waiting on the sender's event, a two-stage prefill ran ~1 % slower on H100s.) A decode step's few
-// rows are pushed, which was ~1 % faster per token there.
+// waiting on the sender's event, a two-stage prefill ran ~1 % slower on H100s.) A decode step's
+// rows go through the flag kernels.
 class PeerTransport final : public CudaTransportBase {
  public:
   PeerTransport(CudaBackend& from, CudaBackend& to, int num_slots)
-      : CudaTransportBase(from, to, num_slots), pull_stream_(make_stream(to.device())) {
+      : CudaTransportBase(from, to), pull_stream_(make_stream(to.device())),
+        flags_(from.device(), to.device(), num_slots, /*flag_on_host=*/false) {
     for (int i = 0; i < num_slots; ++i) landed_.push_back(make_event(to.device()));
-    pulled_.assign(static_cast<size_t>(num_slots), 0);
     if (from.device() == to.device()) return;  // two stages on one card: a plain device copy
     enable_peer(from.device(), to.device());
     enable_peer(to.device(), from.device());
@@ -96,13 +141,12 @@ class PeerTransport final : public CudaTransportBase {
     cudaStreamDestroy(pull_stream_);
   }
   std::string name() const override { return "peer"; }
+  bool capturable(size_t bytes) const override { return bytes <= kFlagBytes; }
   void send(const void* src, void* dst, size_t bytes, int slot) override {
-    pulled_.at(slot) = bytes > kPushBytes;
-    if (!pulled_[slot]) {
+    if (bytes <= kFlagBytes) {
       ScopedDevice g(from_.device());
-      order_after_compute();
-      EMBER_CUDA_CHECK(cudaMemcpyPeerAsync(dst, to_.device(), src, from_.device(), bytes, copy_stream_));
-      EMBER_CUDA_CHECK(cudaEventRecord(arrived_[slot], copy_stream_));
+      EMBER_CUDA_CHECK(cuda::launch_handoff_send(src, dst, bytes, flags_.sent.at(slot), flags_.flag.at(slot),
+                                                 static_cast<cudaStream_t>(from_.native_stream())));
       return;
     }
     {
@@ -112,12 +156,17 @@ class PeerTransport final : public CudaTransportBase {
     ScopedDevice g(to_.device());
     EMBER_CUDA_CHECK(cudaStreamWaitEvent(pull_stream_, compute_done_, 0));
     EMBER_CUDA_CHECK(cudaMemcpyPeerAsync(dst, to_.device(), src, from_.device(), bytes, pull_stream_));
-    EMBER_CUDA_CHECK(cudaEventRecord(landed_[slot], pull_stream_));
+    EMBER_CUDA_CHECK(cudaEventRecord(landed_.at(slot), pull_stream_));
   }
-  void wait_arrival(int slot) override {
-    if (!pulled_.at(slot)) return CudaTransportBase::wait_arrival(slot);
+  void wait_arrival(int slot, void* /*dst*/, size_t bytes) override {
     ScopedDevice g(to_.device());
-    EMBER_CUDA_CHECK(cudaStreamWaitEvent(static_cast<cudaStream_t>(to_.native_stream()), landed_[slot], 0));
+    cudaStream_t stream = static_cast<cudaStream_t>(to_.native_stream());
+    if (bytes <= kFlagBytes) {
+      EMBER_CUDA_CHECK(
+          cuda::launch_handoff_wait(flags_.flag.at(slot), flags_.waited.at(slot), nullptr, nullptr, 0, stream));
+      return;
+    }
+    EMBER_CUDA_CHECK(cudaStreamWaitEvent(stream, landed_.at(slot), 0));
   }
   void synchronize() override {
     CudaTransportBase::synchronize();
@@ -126,7 +175,6 @@ class PeerTransport final : public CudaTransportBase {
   }
 
  private:
-  static constexpr size_t kPushBytes = size_t{256} << 10;
   static void enable_peer(int device, int peer) {
     ScopedDevice g(device);
     cudaError_t e = cudaDeviceEnablePeerAccess(peer, 0);
@@ -135,20 +183,21 @@ class PeerTransport final : public CudaTransportBase {
   }
   cudaStream_t pull_stream_;
   std::vector<cudaEvent_t> landed_;
-  // Per slot, how its last send went (1: pulled); written by the sender before it hands the batch
-  // over, read by the receiver after.
-  std::vector<char> pulled_;
+  HandoffFlags flags_;
 };
 
-// Device -> pinned host buffer of the slot -> device. The second leg runs on a copy stream of the
-// receiving device, ordered after the first by an event; neither blocks a host thread.
+// Device -> pinned host buffer of the slot -> device. A chunk: the second leg runs on a copy
+// stream of the receiving device, ordered after the first by an event; neither blocks a host
+// thread. A decode step's rows: the sender's flag kernel writes them into the staging buffer and
+// the receiver's copies them in once the flag (in pinned host memory too) is up.
 class PinnedHostTransport final : public CudaTransportBase {
  public:
   PinnedHostTransport(CudaBackend& from, CudaBackend& to, size_t max_bytes, int num_slots)
-      : CudaTransportBase(from, to, num_slots), to_stream_(make_stream(to.device())) {
+      : CudaTransportBase(from, to), to_stream_(make_stream(to.device())),
+        flags_(from.device(), to.device(), num_slots, /*flag_on_host=*/true) {
     for (int i = 0; i < num_slots; ++i) {
       void* p = nullptr;
-      EMBER_CUDA_CHECK(cudaHostAlloc(&p, max_bytes, cudaHostAllocPortable));
+      EMBER_CUDA_CHECK(cudaHostAlloc(&p, max_bytes, cudaHostAllocPortable | cudaHostAllocMapped));
       staging_.push_back(p);
       staged_.push_back(make_event(from.device()));
       landed_.push_back(make_event(to.device()));
@@ -166,13 +215,21 @@ class PinnedHostTransport final : public CudaTransportBase {
     for (void* p : staging_) cudaFreeHost(p);
   }
   std::string name() const override { return "host"; }
+  bool capturable(size_t bytes) const override { return bytes <= kFlagBytes; }
   void send(const void* src, void* dst, size_t bytes, int slot) override {
     if (bytes > max_bytes_)
       throw EngineError("host transport: " + std::to_string(bytes) + " bytes exceed the staging buffer");
+    if (bytes <= kFlagBytes) {
+      ScopedDevice g(from_.device());
+      EMBER_CUDA_CHECK(cuda::launch_handoff_send(src, staging_.at(slot), bytes, flags_.sent.at(slot),
+                                                 flags_.flag.at(slot),
+                                                 static_cast<cudaStream_t>(from_.native_stream())));
+      return;
+    }
     {
       ScopedDevice g(from_.device());
       order_after_compute();
-      EMBER_CUDA_CHECK(cudaMemcpyAsync(staging_[slot], src, bytes, cudaMemcpyDeviceToHost, copy_stream_));
+      EMBER_CUDA_CHECK(cudaMemcpyAsync(staging_.at(slot), src, bytes, cudaMemcpyDeviceToHost, copy_stream_));
       EMBER_CUDA_CHECK(cudaEventRecord(staged_[slot], copy_stream_));
     }
     ScopedDevice g(to_.device());
@@ -180,9 +237,15 @@ class PinnedHostTransport final : public CudaTransportBase {
     EMBER_CUDA_CHECK(cudaMemcpyAsync(dst, staging_[slot], bytes, cudaMemcpyHostToDevice, to_stream_));
     EMBER_CUDA_CHECK(cudaEventRecord(landed_[slot], to_stream_));
   }
-  void wait_arrival(int slot) override {
+  void wait_arrival(int slot, void* dst, size_t bytes) override {
     ScopedDevice g(to_.device());
-    EMBER_CUDA_CHECK(cudaStreamWaitEvent(static_cast<cudaStream_t>(to_.native_stream()), landed_.at(slot), 0));
+    cudaStream_t stream = static_cast<cudaStream_t>(to_.native_stream());
+    if (bytes <= kFlagBytes) {
+      EMBER_CUDA_CHECK(cuda::launch_handoff_wait(flags_.flag.at(slot), flags_.waited.at(slot), staging_.at(slot), dst,
+                                                 bytes, stream));
+      return;
+    }
+    EMBER_CUDA_CHECK(cudaStreamWaitEvent(stream, landed_.at(slot), 0));
   }
   void synchronize() override {
     CudaTransportBase::synchronize();
@@ -192,6 +255,7 @@ class PinnedHostTransport final : public CudaTransportBase {
 
  private:
   cudaStream_t to_stream_;
+  HandoffFlags flags_;
   std::vector<void*> staging_;
   std::vector<cudaEvent_t> staged_;
   std::vector<cudaEvent_t> landed_;
@@ -224,15 +288,24 @@ class CudaSlotFence final : public SlotFence {
 
 }  // namespace
 
+namespace {
+// Each card can reach the other's memory (the receiver pulls chunks, the sender pushes rows).
+bool can_reach(CudaBackend& from, CudaBackend& to) {
+  if (from.device() == to.device()) return true;
+  int there = 0, back = 0;
+  EMBER_CUDA_CHECK(cudaDeviceCanAccessPeer(&there, from.device(), to.device()));
+  EMBER_CUDA_CHECK(cudaDeviceCanAccessPeer(&back, to.device(), from.device()));
+  return there && back;
+}
+}  // namespace
+
+bool cuda_transport_is_peer(CudaBackend& from, CudaBackend& to, const std::string& mode) {
+  return mode != "host" && can_reach(from, to);
+}
+
 std::unique_ptr<Transport> make_cuda_transport(CudaBackend& from, CudaBackend& to, const std::string& mode,
                                                size_t max_bytes, int num_slots) {
-  int can = 1;
-  if (from.device() != to.device()) {  // the receiver reads the sender's memory
-    int there = 0, back = 0;
-    EMBER_CUDA_CHECK(cudaDeviceCanAccessPeer(&there, from.device(), to.device()));
-    EMBER_CUDA_CHECK(cudaDeviceCanAccessPeer(&back, to.device(), from.device()));
-    can = there && back;
-  }
+  const bool can = can_reach(from, to);
   if (mode == "host") return std::make_unique<PinnedHostTransport>(from, to, max_bytes, num_slots);
   if (mode == "peer" && !can)
     throw InvalidArgument("transport=\"peer\" but cuda:" + std::to_string(from.device()) + " cannot access cuda:" +

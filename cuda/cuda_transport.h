@@ -15,6 +15,9 @@ namespace ember {
 std::unique_ptr<Transport> make_cuda_transport(CudaBackend& from, CudaBackend& to, const std::string& mode,
                                                size_t max_bytes, int num_slots);
 
+// Whether make_cuda_transport(from, to, mode, ...) gives a peer transport.
+bool cuda_transport_is_peer(CudaBackend& from, CudaBackend& to, const std::string& mode);
+
 // A SlotFence from CUDA events: recorded on the last stage's stream, waited on by the first's.
 std::unique_ptr<SlotFence> make_cuda_slot_fence(CudaBackend& first, CudaBackend& last, int num_slots);
 

@@ -66,6 +66,16 @@ std::unique_ptr<Transport> make_stage_transport(Backend& from, Backend& to, cons
   return make_host_staged_transport(from, to, max_bytes);
 }
 
+bool stage_link_is_peer(Backend& from, Backend& to, const std::string& mode) {
+#ifdef EMBER_CUDA_FACTORY
+  auto* a = dynamic_cast<CudaBackend*>(&from);
+  auto* b = dynamic_cast<CudaBackend*>(&to);
+  if (a && b) return cuda_transport_is_peer(*a, *b, mode);
+#endif
+  (void)from, (void)to, (void)mode;
+  return false;
+}
+
 std::unique_ptr<SlotFence> make_slot_fence(Backend& first, Backend& last, int num_slots) {
 #ifdef EMBER_CUDA_FACTORY
   auto* a = dynamic_cast<CudaBackend*>(&first);

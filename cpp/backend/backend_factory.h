@@ -24,6 +24,9 @@ std::unique_ptr<Backend> make_backend(const DeviceSpec& dev, const EngineOptions
 // between GPUs (`mode` auto | peer | host), plain host staging otherwise.
 std::unique_ptr<Transport> make_stage_transport(Backend& from, Backend& to, const std::string& mode, size_t max_bytes,
                                                 int num_slots);
+// Whether make_stage_transport(from, to, mode, ...) gives a peer transport (the cards reach each
+// other and `mode` is not "host"); false off CUDA.
+bool stage_link_is_peer(Backend& from, Backend& to, const std::string& mode);
 // The fence between the last and first stages of a pipeline whose backends run asynchronously
 // (CUDA); nullptr where a stage's work is done when its call returns (CPU).
 std::unique_ptr<SlotFence> make_slot_fence(Backend& first, Backend& last, int num_slots);

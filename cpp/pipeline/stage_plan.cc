@@ -72,12 +72,12 @@ std::vector<StageRange> interleave_stages(const std::vector<StageRange>& per_dev
   return out;
 }
 
-int default_interleave(const std::vector<StageRange>& per_device, bool gpu, int64_t min_block_layers) {
+int default_interleave(const std::vector<StageRange>& per_device, bool gpu, int max_rounds) {
   if (!gpu || per_device.size() < 2) return 1;
   int64_t fewest = per_device.front().end - per_device.front().begin;
   for (const StageRange& r : per_device) fewest = std::min(fewest, r.end - r.begin);
-  int rounds = 4;
-  while (rounds > 1 && fewest < rounds * min_block_layers) rounds /= 2;
+  int rounds = 1;
+  while (rounds * 2 <= max_rounds && rounds * 2 <= fewest) rounds *= 2;
   return rounds;
 }
 

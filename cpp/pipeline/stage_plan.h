@@ -23,8 +23,8 @@ std::vector<StageRange> plan_stages(int64_t num_layers, int num_stages, const st
 // block p runs on device p % S and holds the next layers after block p - 1.
 std::vector<StageRange> interleave_stages(const std::vector<StageRange>& per_device, int rounds);
 
-// The automatic number of rounds: 1 for one stage (or CPU stages), otherwise as many as keep
-// every block at least `min_block_layers` layers, at most 4.
-int default_interleave(const std::vector<StageRange>& per_device, bool gpu, int64_t min_block_layers = 2);
+// The automatic number of rounds: 1 for one stage (or CPU stages), otherwise the largest power of
+// two up to `max_rounds` that leaves every block a layer at least.
+int default_interleave(const std::vector<StageRange>& per_device, bool gpu, int max_rounds);
 
 }  // namespace ember

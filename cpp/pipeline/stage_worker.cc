@@ -68,17 +68,19 @@ void StageWorker::run() {
   }
 }
 
-Tensor StageWorker::run_eager(DecoderStage& block, const DeviceStep& step, Tensor x) {
+Tensor StageWorker::run_eager(DecoderStage& block, const DeviceStep& step, Tensor x, const Handoffs& h) {
+  if (h.receive) h.receive();
   block.forward(step, x);
+  if (h.send) h.send();
   return block.is_last() ? block.compute_logits(step, x) : Tensor{};
 }
 
 // A decode step's ops depend only on its sizes and buffers, so after one eager run the second
 // occurrence of the same key is captured and every later one is a single graph launch.
-Tensor StageWorker::run_ops(int block, const DeviceStep& step, Tensor x, bool decode_only) {
+Tensor StageWorker::run_ops(int block, const DeviceStep& step, Tensor x, bool decode_only, const Handoffs& h) {
   constexpr size_t kMaxGraphs = 256;
   DecoderStage& b = *blocks_[block];
-  if (!decode_only || !backend_->supports_graphs()) return run_eager(b, step, x);
+  if (!decode_only || !backend_->supports_graphs()) return run_eager(b, step, x, h);
   uint64_t key = backend_->graph_key(step);
   key ^= reinterpret_cast<uint64_t>(x.data) * 0x9e3779b97f4a7c15ull;
   key ^= static_cast<uint64_t>(block + 1) * 0xc2b2ae3d27d4eb4full;
@@ -87,16 +89,17 @@ Tensor StageWorker::run_ops(int block, const DeviceStep& step, Tensor x, bool de
     return it->second.logits;
   }
   if (not_capturable_.count(key) || graphs_.size() >= kMaxGraphs || seen_once_.insert(key).second)
-    return run_eager(b, step, x);
+    return run_eager(b, step, x, h);
   Graph g;
   backend_->capture_begin();
   try {
-    g.logits = run_eager(b, step, x);
+    g.logits = run_eager(b, step, x, h);
     g.id = backend_->capture_end();
   } catch (const std::exception&) {
+    // Nothing captured has run; the hand-offs it held run eagerly now, once each.
     backend_->capture_abort();
     not_capturable_.insert(key);
-    return run_eager(b, step, x);
+    return run_eager(b, step, x, h);
   }
   graphs_.emplace(key, g);
   graphs_count_.fetch_add(1);
@@ -114,20 +117,36 @@ bool StageWorker::process(StageResult& work) {
   DecoderStage& part = *blocks_[block];
   if (fence_ && work.position == 0) fence_->acquire(b.slot);
   DeviceStep step = backend_->upload_step(b.meta);
-  if (work.position > 0) {
-    if (!from_prev_) throw EngineError("pipeline position " + std::to_string(work.position) + " has no incoming transport");
-    from_prev_->wait_arrival(b.slot);
-  }
-  Tensor x{slots_[b.slot].get(), part.activation_dtype(), {step.num_tokens, hidden_}};
-  const bool decode_only = std::all_of(b.chunks.begin(), b.chunks.end(), [](const ScheduledChunk& c) { return c.length == 1; });
-  Tensor logits = run_ops(block, step, x, decode_only);
   const bool last = part.is_last();
+  if (work.position > 0 && !from_prev_)
+    throw EngineError("pipeline position " + std::to_string(work.position) + " has no incoming transport");
+  if (!last && (!next_ || !to_next_))
+    throw EngineError("pipeline position " + std::to_string(work.position) + " has no successor");
+  Tensor x{slots_[b.slot].get(), part.activation_dtype(), {step.num_tokens, hidden_}};
+  const size_t bytes = x.nbytes();
+  void* next_buffer = last ? nullptr : next_->slot_buffer(b.slot);
+  const bool decode_only = std::all_of(b.chunks.begin(), b.chunks.end(), [](const ScheduledChunk& c) { return c.length == 1; });
+  // A decode step's hand-offs ride in its graph where the transports allow (one launch less on
+  // each side of a hop); otherwise they are issued around it. Profiling keeps them outside.
+  const bool in_graph = decode_only && !profile_;
+  Handoffs inside, around;
+  if (work.position > 0) {
+    Transport* t = from_prev_;
+    auto receive = [t, slot = b.slot, dst = x.data, bytes] { t->wait_arrival(slot, dst, bytes); };
+    (in_graph && t->capturable(bytes) ? inside : around).receive = receive;
+  }
+  if (!last) {
+    Transport* t = to_next_;
+    auto send = [t, src = x.data, next_buffer, bytes, slot = b.slot] { t->send(src, next_buffer, bytes, slot); };
+    (in_graph && t->capturable(bytes) ? inside : around).send = send;
+  }
+  if (around.receive) around.receive();
+  Tensor logits = run_ops(block, step, x, decode_only, inside);
   double compute = 0.0, copy = 0.0;
   if (!last) {
-    if (!next_ || !to_next_) throw EngineError("pipeline position " + std::to_string(work.position) + " has no successor");
     if (profile_) backend_->synchronize();
     const auto t1 = clock::now();
-    to_next_->send(x.data, next_->slot_buffer(b.slot), x.nbytes(), b.slot);
+    if (around.send) around.send();
     if (profile_) to_next_->synchronize();
     compute = std::chrono::duration<double>(t1 - t0).count();
     copy = std::chrono::duration<double>(clock::now() - t1).count();

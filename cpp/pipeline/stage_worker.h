@@ -79,10 +79,16 @@ class StageWorker {
   void run();
   // Runs the block at work.position; true when it was the pipeline's last (the batch is sampled).
   bool process(StageResult& work);
-  // Runs a block's ops for a decode step, as a replayed graph where the backend supports it.
-  // Returns the logits after the pipeline's last block.
-  Tensor run_ops(int block, const DeviceStep& step, Tensor x, bool decode_only);
-  Tensor run_eager(DecoderStage& block, const DeviceStep& step, Tensor x);
+  // What a block runs besides its layers: the wait for its input and the hand-off of its output,
+  // when the transports let a graph hold them (either may be empty).
+  struct Handoffs {
+    std::function<void()> receive;
+    std::function<void()> send;
+  };
+  // Runs a block's ops (with `h`) for a decode step, as a replayed graph where the backend supports
+  // it. Returns the logits after the pipeline's last block.
+  Tensor run_ops(int block, const DeviceStep& step, Tensor x, bool decode_only, const Handoffs& h);
+  Tensor run_eager(DecoderStage& block, const DeviceStep& step, Tensor x, const Handoffs& h);
 
   struct Graph {
     int id = -1;

@@ -19,7 +19,7 @@ class HostStagedTransport : public Transport {
     from_.copy_to_host(staging_.data(), src, bytes);
     to_.copy_to_device(dst, staging_.data(), bytes);
   }
-  void wait_arrival(int /*slot*/) override {}  // send() returned only once the data had landed
+  void wait_arrival(int /*slot*/, void* /*dst*/, size_t /*bytes*/) override {}  // send() returned once it landed
   void synchronize() override {}
 
  private:

@@ -16,10 +16,14 @@ class Transport {
   virtual std::string name() const = 0;
   // Starts copying `bytes` from `src` (the sending stage's memory, written by work already issued
   // on its backend) to `dst` (the receiving stage's buffer for pipeline slot `slot`). May return
-  // before the copy is done; the receiver calls wait_arrival(slot) before it reads `dst`.
+  // before the copy is done; the receiver calls wait_arrival(slot, dst, bytes) before it reads `dst`.
   virtual void send(const void* src, void* dst, size_t bytes, int slot) = 0;
-  // Orders the receiver's next work after the arrival of `slot`'s data (a stream wait on GPUs).
-  virtual void wait_arrival(int slot) = 0;
+  // Orders the receiver's next work after the arrival of `slot`'s data (a stream wait on GPUs);
+  // `dst` and `bytes` are the receiver's own view of the hand-off, the same as the sender's.
+  virtual void wait_arrival(int slot, void* dst, size_t bytes) = 0;
+  // True when send and wait_arrival of `bytes` only launch kernels on the two stages' own streams,
+  // with no host-side state, so that each stage may capture its side into its CUDA graphs.
+  virtual bool capturable(size_t /*bytes*/) const { return false; }
   // Blocks the calling thread until every copy issued so far has landed (for profiling).
   virtual void synchronize() = 0;
 };

@@ -182,4 +182,15 @@ size_t greedy_sampling_scratch_bytes(int64_t N, int64_t V);
 cudaError_t launch_greedy_sampling(const void* logits, DType dtype, int64_t N, int64_t V, void* scratch,
                                    SampleOutput* out, cudaStream_t stream);
 
+// A small hand-off between stages (handoff.cu): copies `bytes` from src to dst (another card's
+// memory or pinned host memory; 16-byte aligned) with one block, then takes the next number from
+// the sender's counter *sent and writes it to *flag.
+cudaError_t launch_handoff_send(const void* src, void* dst, size_t bytes, unsigned long long* sent,
+                                unsigned long long* flag, cudaStream_t stream);
+// One block that takes the next number from the receiver's counter *waited, waits until *flag
+// reaches it (traps after 10 minutes) and then, if `staged` is given, copies `bytes` from it
+// (pinned host memory) to dst.
+cudaError_t launch_handoff_wait(const unsigned long long* flag, unsigned long long* waited, const void* staged,
+                                void* dst, size_t bytes, cudaStream_t stream);
+
 }  // namespace ember::cuda

@@ -20,7 +20,8 @@ struct EngineOptions {
   std::string transport = "auto";           // auto | peer | host (between GPU stages)
   // Blocks of layers per stage, placed round-robin (stage s runs blocks s, s + S, ...), so that a
   // batch passes every stage `interleave` times and a pipeline fills and drains on smaller
-  // blocks; 0 = automatic (up to 4 on GPUs, keeping blocks of 2 layers or more; 1 on CPUs).
+  // blocks; 0 = automatic (on GPUs the largest power of two up to 8, 4 with host staging, that
+  // leaves every block a layer; 1 on CPUs and with one stage).
   int32_t interleave = 0;
   // Batches in the pipeline at once (one activation buffer each per stage); 0 = automatic
   // (1 with one stage, stages + 1 with several, 2 * stages + 2 interleaved).
@@ -32,7 +33,8 @@ struct EngineOptions {
   int32_t max_num_seqs = 256;
   int32_t max_num_batched_tokens = 0;       // token budget of one step; 0 = 2048 on CPUs, 8192 on GPUs
   // Longest prefill chunk of one sequence in a step; 0 = the whole budget on one stage, 1024 with
-  // several stages (small chunks keep every stage busy while a long prompt flows through).
+  // several stages (small chunks keep every stage busy while a long prompt flows through), and
+  // interleaved 8192 / (2 * stages) rounded down to a power of two, at least 512.
   int32_t chunk_size = 0;
   // A prompt's first and last chunks when smaller than chunk_size (pipelines fill and drain on
   // them); 0 = automatic (see validate_options), -1 = off (every chunk chunk_size).

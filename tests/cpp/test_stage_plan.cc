@@ -61,12 +61,15 @@ TEST(StagePlan, InterleaveIsChecked) {
   EXPECT_NO_THROW(interleave_stages(plan_stages(32, 2, {4, 28}), 4));
 }
 
-TEST(StagePlan, DefaultInterleaveKeepsBlocksOfTwoLayers) {
+TEST(StagePlan, DefaultInterleaveIsTheLargestPowerOfTwoThatFits) {
   using ember::default_interleave;
-  EXPECT_EQ(default_interleave(plan_stages(32, 2, {}), true), 4);
-  EXPECT_EQ(default_interleave(plan_stages(32, 4, {}), true), 4);
-  EXPECT_EQ(default_interleave(plan_stages(32, 8, {}), true), 2);
-  EXPECT_EQ(default_interleave(plan_stages(4, 2, {}), true), 1);
-  EXPECT_EQ(default_interleave(plan_stages(32, 1, {}), true), 1);   // one stage: nothing to interleave
-  EXPECT_EQ(default_interleave(plan_stages(32, 2, {}), false), 1);  // CPU stages share the cores
+  EXPECT_EQ(default_interleave(plan_stages(32, 2, {}), true, 8), 8);   // blocks of 2 layers
+  EXPECT_EQ(default_interleave(plan_stages(32, 4, {}), true, 8), 8);   // blocks of 1 layer
+  EXPECT_EQ(default_interleave(plan_stages(32, 2, {}), true, 4), 4);   // capped (host staging)
+  EXPECT_EQ(default_interleave(plan_stages(32, 8, {}), true, 8), 4);   // 4 layers a stage
+  EXPECT_EQ(default_interleave(plan_stages(30, 4, {}), true, 8), 4);   // shares 8 8 7 7
+  EXPECT_EQ(default_interleave(plan_stages(4, 2, {}), true, 8), 2);
+  EXPECT_EQ(default_interleave(plan_stages(2, 2, {}), true, 8), 1);
+  EXPECT_EQ(default_interleave(plan_stages(32, 1, {}), true, 8), 1);   // one stage: nothing to interleave
+  EXPECT_EQ(default_interleave(plan_stages(32, 2, {}), false, 8), 1);  // CPU stages share the cores
 }

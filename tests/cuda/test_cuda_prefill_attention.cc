@@ -449,7 +449,8 @@ TEST(CudaPrefillAttentionBench, DISABLED_Llama3_8B_Shapes) {
   std::printf("TFLOP/s by kernel shape (kernel time only)\n%-12s %8s", "prompt/chunk", "auto");
   for (int i = 0; i < n; ++i) std::printf(" %14s", cuda::prefill_attention_mma_shape_name(i));
   std::printf("\n");
-  for (auto [total, chunk] : std::vector<std::pair<int, int>>{{2048, 2048}, {2048, 512}, {8192, 8192}, {8192, 512}}) {
+  for (auto [total, chunk] : std::vector<std::pair<int, int>>{
+           {2048, 2048}, {2048, 512}, {8192, 8192}, {8192, 2048}, {8192, 1024}, {8192, 512}}) {
     const ChunkedPrompt p = chunked_prompt(gpu, total, chunk, Hq, Hk, D, kBlock, dt);
     const std::vector<StepMeta>& steps = p.steps;
     const Owned &kc = p.kc, &vc = p.vc, &q = p.q;

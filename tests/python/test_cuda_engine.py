@@ -161,6 +161,32 @@ def test_two_gpu_interleaved_stages_equal_one(tiny_model, make_llm, transport, i
     assert stats["blocks_used"] == 0
 
 
+@needs_2_gpus
+@pytest.mark.parametrize("transport", ["peer", "host"])
+def test_two_gpu_large_and_small_handoffs_equal_one(make_llm, transport):
+    """Hidden 1024 in bf16: a 256-token chunk hands 512 KiB to the next stage (copy engines and
+    events), a decode step 2 KiB (the flag kernels, inside the decode graphs); both, round an
+    interleaved ring, give the tokens one GPU gives with the same chunks, one prompt at a time
+    (random weights leave the logits so close that any other batching or chunking, which changes
+    the GEMMs' shapes and so cuBLAS's summation order, may flip a token)."""
+    model = "random:custom:vocab=32000,hidden=1024,layers=4,heads=16,kv_heads=4,ffn=2816"
+    prompts = [[(i * 37) % 31000 + 7 for i in range(600)], [5, 6, 7] * 50]
+    one_gpu = make_llm(model, devices=[0], chunk_size=256, gpu_memory_utilization=GPU_SHARE)
+    one = [one_gpu.generate([p], greedy(24))[0].outputs[0].token_ids for p in prompts]
+    llm = make_llm(
+        model,
+        devices=[0, 1],
+        transport=transport,
+        interleave=2,
+        chunk_size=256,
+        gpu_memory_utilization=GPU_SHARE,
+    )
+    assert [llm.generate([p], greedy(24))[0].outputs[0].token_ids for p in prompts] == one
+    assert all(len(o.outputs[0].token_ids) == 24 for o in llm.generate(prompts, greedy(24)))
+    stats = llm.stats()
+    assert stats["blocks_used"] == 0 and all(s["graphs"] > 0 for s in stats["stages"])
+
+
 @needs_4_gpus
 def test_four_gpu_stages_equal_one(tiny_model, make_llm):
     path = tiny_model("qwen3", layers=4)
