@@ -42,10 +42,10 @@ cudaStream_t make_stream(int device) {
   return s;
 }
 
-// Hand-offs up to this size (a decode step's rows) go through the flag kernels of handoff.cu on
-// the two compute streams; larger ones (prefill chunks) through copy engines and events, which
-// overlap the sender's next chunk.
-constexpr size_t kFlagBytes = size_t{256} << 10;
+// Hand-offs up to this size (a few sequences' decode rows) go through the one-block flag kernels
+// of handoff.cu on the two compute streams; larger ones (prefill chunks, decode micro-batches under
+// load) through copy engines and events, which move them faster and overlap the sender's next work.
+constexpr size_t kFlagBytes = size_t{64} << 10;
 
 // Zeroed 64-bit words, one per slot, in a card's memory or in pinned host memory.
 class SlotWords {

@@ -113,7 +113,7 @@ StageWeights random_stage_weights(const ModelConfig& cfg, Backend& backend, int6
   sw.layer_begin = begin;
   sw.layer_end = end;
   const DType mdt = backend.weight_storage_dtype(cfg.dtype);
-  uint64_t tensor_index = static_cast<uint64_t>(begin) * 16;
+  uint64_t tensor_index = 0;
   auto make = [&](std::vector<int64_t> shape, DType dt, float scale, float offset, const std::string& what) {
     Tensor t{nullptr, dt, std::move(shape)};
     Buffer b = backend.allocate(t.nbytes(), what);
@@ -125,7 +125,11 @@ StageWeights random_stage_weights(const ModelConfig& cfg, Backend& backend, int6
   };
   const int64_t H = cfg.hidden_size, F = cfg.intermediate_size, D = cfg.head_dim;
   const float w = 0.02f;
+  // The embedding and head draw from numbers past every layer's, so that a model's weights do not
+  // depend on how its layers are split into stages and blocks.
+  tensor_index = static_cast<uint64_t>(cfg.num_layers) * 16 + 1;
   if (first) sw.embed = make({cfg.vocab_size, H}, mdt, 1.0f, 0.0f, "random embedding");
+  tensor_index = static_cast<uint64_t>(cfg.num_layers) * 16 + 2;
   if (last) {
     sw.final_norm = make({H}, DType::F32, 0.0f, 1.0f, "random final norm");
     sw.lm_head = (cfg.tie_word_embeddings && first) ? sw.embed : make({cfg.vocab_size, H}, mdt, w, 0.0f, "random lm_head");

@@ -120,7 +120,12 @@ def test_two_gpu_stages_equal_one(tiny_model, make_llm, transport):
         )
     ]
     llm = make_llm(
-        path, devices=[0, 1], transport=transport, gpu_memory_utilization=GPU_SHARE, chunk_size=32
+        path,
+        devices=[0, 1],
+        transport=transport,
+        interleave=1,  # a chain of two stages (the interleaved ring is tested below)
+        gpu_memory_utilization=GPU_SHARE,
+        chunk_size=32,
     )
     two = [o.outputs[0].token_ids for o in llm.generate(prompts, greedy())]
     assert two == one

@@ -127,6 +127,18 @@ def test_interleaved_three_stages_with_uneven_blocks(tiny_model, make_llm):
     assert_same(ids_3, logits_3, ids_1, logits_1)
 
 
+def test_random_weights_do_not_depend_on_the_split(make_llm):
+    """A random-weight model (what the GPU benchmarks run) is one model however its layers are
+    placed: its embedding and head draw from their own numbers, not the last block's."""
+    model = "random:custom:vocab=512,hidden=64,layers=4,heads=4,kv_heads=2,ffn=128"
+    one = make_llm(model, skip_tokenizer_init=True)
+    ids_1, logits_1 = run(one, [LONG_PROMPT[:40], PROMPTS[2]], 6)
+    for devices, interleave in ((["cpu", "cpu"], 1), (["cpu", "cpu"], 2), (["cpu"] * 3, 1)):
+        llm = make_llm(model, devices=devices, interleave=interleave, skip_tokenizer_init=True)
+        ids, logits = run(llm, [LONG_PROMPT[:40], PROMPTS[2]], 6)
+        assert_same(ids, logits, ids_1, logits_1)
+
+
 def test_interleave_is_validated(four_layer_model):
     import ember
 
