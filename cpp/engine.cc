@@ -507,6 +507,7 @@ void Engine::Impl::submit(std::vector<ScheduledChunk> chunks) {
 void Engine::Impl::on_result(StageResult& res) {
   StepBatch& b = *res.batch;
   free_slots_.push_back(b.slot);
+  scheduler_->returned(b.chunks);
   size_t sample_index = 0;
   for (const ScheduledChunk& c : b.chunks) {
     Sequence* s = c.seq;

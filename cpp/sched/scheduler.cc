@@ -15,6 +15,11 @@ void Scheduler::add(Sequence* seq) {
   waiting_.insert(it, seq);
 }
 
+void Scheduler::returned(const std::vector<ScheduledChunk>& batch) {
+  if (std::any_of(batch.begin(), batch.end(), [](const ScheduledChunk& c) { return c.decode; }))
+    decode_batches_in_flight_ -= 1;
+}
+
 void Scheduler::finish(Sequence* seq) {
   running_.erase(std::remove(running_.begin(), running_.end(), seq), running_.end());
   waiting_.erase(std::remove(waiting_.begin(), waiting_.end(), seq), waiting_.end());
@@ -55,10 +60,15 @@ std::vector<ScheduledChunk> Scheduler::schedule() {
   // Spread decodes over the stages' micro-batches so that every stage has work.
   int64_t ready = std::count_if(running_.begin(), running_.end(), [](const Sequence* s) { return s->schedulable(); });
   int64_t seq_cap = ready;
+  // With every stage's micro-batch in flight, decodes wait; those that come back meanwhile go out
+  // together in the next one.
+  bool decodes_wait = false;
   if (opts_.num_stages > 1 && running_.size() > 1) {
     int64_t share = (static_cast<int64_t>(running_.size()) + opts_.num_stages - 1) / opts_.num_stages;
     seq_cap = std::max<int64_t>(1, std::min(ready, share));
+    decodes_wait = decode_batches_in_flight_ >= opts_.num_stages;
   }
+  auto is_decode = [](const Sequence* s) { return !s->output.empty() && s->num_scheduled + 1 == s->total_len(); };
 
   auto take = [&](Sequence* s) -> bool {
     int64_t remaining = s->total_len() - s->num_scheduled;
@@ -70,6 +80,7 @@ std::vector<ScheduledChunk> Scheduler::schedule() {
     c.start = s->num_scheduled;
     c.length = n;
     c.sample = (s->num_scheduled + n == s->total_len());
+    c.decode = n == 1 && is_decode(s);
     s->num_scheduled += n;
     s->chunks_in_flight += 1;
     budget -= n;
@@ -82,6 +93,7 @@ std::vector<ScheduledChunk> Scheduler::schedule() {
   for (Sequence* s : order) {
     if (budget <= 0 || static_cast<int64_t>(batch.size()) >= seq_cap) break;
     if (s->status != SeqStatus::Running || !s->schedulable()) continue;
+    if (decodes_wait && is_decode(s)) continue;
     while (!take(s)) {
       if (budget <= 0) break;
       Sequence* victim = pick_victim(s, batch);
@@ -105,6 +117,8 @@ std::vector<ScheduledChunk> Scheduler::schedule() {
     running_.push_back(s);
     std::sort(running_.begin(), running_.end(), [](const Sequence* a, const Sequence* b) { return a->arrival < b->arrival; });
   }
+  if (std::any_of(batch.begin(), batch.end(), [](const ScheduledChunk& c) { return c.decode; }))
+    decode_batches_in_flight_ += 1;
   return batch;
 }
 

@@ -20,7 +20,10 @@ struct SchedulerOptions {
   // When in (0, chunk_size): a prompt's first and last chunks are this long and the middle ones
   // chunk_size, so that a pipeline fills and drains on small chunks but runs the bulk on large ones.
   int32_t edge_chunk_size = 0;
-  int32_t num_stages = 1;  // decodes are spread over this many micro-batches
+  // Decodes are spread over this many micro-batches, and no more of them are in flight at once:
+  // one per stage keeps every stage busy, and more would each read all the weights for fewer
+  // sequences (with 2S + 2 batches allowed in flight, 64 sequences had split into ~6).
+  int32_t num_stages = 1;
 };
 
 class Scheduler {
@@ -31,8 +34,12 @@ class Scheduler {
   // Builds the next batch from sequences not waiting on an in-flight sampling step; empty when
   // nothing can run now. Advances num_scheduled and chunks_in_flight of the chosen sequences.
   std::vector<ScheduledChunk> schedule();
+  // The engine hands back each batch it got from schedule() once the batch has returned, before
+  // it updates the batch's sequences (so that the decode micro-batches in flight are counted).
+  void returned(const std::vector<ScheduledChunk>& batch);
   // Removes a finished or aborted sequence (not in flight) and frees its pages.
   void finish(Sequence* seq);
+  int64_t decode_batches_in_flight() const { return decode_batches_in_flight_; }
 
   int64_t num_running() const { return static_cast<int64_t>(running_.size()); }
   int64_t num_waiting() const { return static_cast<int64_t>(waiting_.size()); }
@@ -52,6 +59,7 @@ class Scheduler {
   std::vector<Sequence*> running_;  // admission order
   std::deque<Sequence*> waiting_;   // arrival order (preempted sequences go back in order)
   int64_t preemptions_ = 0;
+  int64_t decode_batches_in_flight_ = 0;  // batches from schedule() with a decode, not yet returned
 };
 
 }  // namespace ember

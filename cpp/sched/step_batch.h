@@ -17,6 +17,7 @@ struct ScheduledChunk {
   int64_t start = 0;   // first token position of the chunk
   int64_t length = 0;  // tokens in the chunk
   bool sample = false; // the chunk reaches the end of the known tokens: sample the next one
+  bool decode = false; // a decode step: the one newest token of a sequence that has output
 };
 
 struct StepBatch {

@@ -32,6 +32,7 @@ struct Driver {
   void complete_one() {
     auto batch = inflight.front();
     inflight.pop_front();
+    sched.returned(batch);
     for (auto& c : batch) {
       Sequence* s = c.seq;
       s->chunks_in_flight -= 1;
@@ -209,6 +210,43 @@ TEST(Scheduler, DecodesSplitIntoMicroBatchesAcrossStages) {
   d.inflight.push_back(m2);
   d.run(2);
   EXPECT_EQ(d.finished, 8);
+  EXPECT_EQ(d.bm.num_free(), 256);
+}
+
+TEST(Scheduler, NoMoreDecodeMicroBatchesInFlightThanStagesAndLateOnesMerge) {
+  // A budget of 8 tokens prefills two 4-token prompts a batch, so decodes become ready in pairs.
+  Driver d(256, 4, options(16, 8, 64, 2));
+  for (int i = 0; i < 8; ++i) d.add(4, 20);
+  for (int i = 0; i < 4; ++i) d.inflight.push_back(d.sched.schedule());
+  EXPECT_TRUE(d.sched.schedule().empty());
+  auto ids = [](const std::vector<ScheduledChunk>& b) {
+    std::vector<uint64_t> v;
+    for (const auto& c : b) {
+      EXPECT_TRUE(c.decode);
+      v.push_back(c.seq->id);
+    }
+    return v;
+  };
+  d.complete_one();  // sequences 0 and 1 sampled their first token
+  auto m1 = d.sched.schedule();
+  EXPECT_EQ(ids(m1), (std::vector<uint64_t>{0, 1}));
+  d.complete_one();
+  auto m2 = d.sched.schedule();
+  EXPECT_EQ(ids(m2), (std::vector<uint64_t>{2, 3}));
+  EXPECT_EQ(d.sched.decode_batches_in_flight(), 2);
+  d.complete_one();  // 4 and 5 ready: both stages already hold a decode micro-batch
+  EXPECT_TRUE(d.sched.schedule().empty());
+  d.complete_one();  // 6 and 7 ready
+  EXPECT_TRUE(d.sched.schedule().empty());
+  d.inflight.push_back(m1);
+  d.inflight.push_back(m2);
+  d.complete_one();  // m1 back: 0, 1, 4, 5, 6, 7 ready, half of the 8 running go out together
+  auto merged = d.sched.schedule();
+  EXPECT_EQ(ids(merged), (std::vector<uint64_t>{0, 1, 4, 5}));
+  d.inflight.push_back(merged);
+  d.run(2);
+  EXPECT_EQ(d.finished, 8);
+  EXPECT_EQ(d.sched.decode_batches_in_flight(), 0);
   EXPECT_EQ(d.bm.num_free(), 256);
 }
 
