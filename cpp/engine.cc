@@ -6,6 +6,7 @@
 #include <atomic>
 #include <chrono>
 #include <cmath>
+#include <limits>
 #include <random>
 #include <thread>
 #include <unordered_map>
@@ -165,6 +166,14 @@ Engine::Impl::~Impl() {
   inbox_.push(ShutdownMsg{});
   if (thread_.joinable()) thread_.join();
   for (auto& s : stages_) s->stop();
+  // Work the stages issued may still be queued on their cards (a chunk is handed back once issued)
+  // and read the transports' staging and flags: let it finish before links_ free them.
+  for (auto& s : stages_) {
+    try {
+      s->backend().synchronize();
+    } catch (const std::exception&) {  // a dead device: nothing of it will run any more
+    }
+  }
 }
 
 void Engine::Impl::validate_options() {
@@ -177,6 +186,8 @@ void Engine::Impl::validate_options() {
   if (opts_.max_num_batched_tokens == 0)
     opts_.max_num_batched_tokens = (opts_.devices[0] == "cpu") ? 2048 : 8192;
   positive(opts_.max_num_batched_tokens, "max_num_batched_tokens");
+  if (opts_.interleave < 0)
+    throw InvalidArgument("interleave must be >= 1 (or 0 for automatic), got " + std::to_string(opts_.interleave));
   if (opts_.batches_in_flight < 0 || opts_.batches_in_flight > 64)
     throw InvalidArgument("batches_in_flight must be in [1, 64] (or 0 for automatic), got " +
                           std::to_string(opts_.batches_in_flight));
@@ -238,21 +249,21 @@ void Engine::Impl::build_stages(const ModelFiles& files) {
   if (!capacity.empty()) {
     // A pipeline runs at the pace of its slowest stage, so an even split (equal compute) is kept
     // unless following free memory would give the KV pool at least 10 % more pages.
+    // KV room per layer of the tightest stage; minus infinity when some stage cannot hold its share.
     auto kv_room = [&](const std::vector<StageRange>& split) {
-      double room = -1.0;
+      double room = std::numeric_limits<double>::infinity();
       for (int s = 0; s < S; ++s) {
         const double weights = static_cast<double>(
             stage_weight_bytes(cfg_, split[s].begin, split[s].end, s == 0, s == S - 1, matrix_dtype));
         const double left = static_cast<double>(backend_free_bytes(*backends[s])) - static_cast<double>(workspace) - weights;
-        const double per_layer = left / static_cast<double>(split[s].end - split[s].begin);
-        room = room < 0 ? per_layer : std::min(room, per_layer);
+        if (left < 0) return -std::numeric_limits<double>::infinity();
+        room = std::min(room, left / static_cast<double>(split[s].end - split[s].begin));
       }
       return room;
     };
     const std::vector<StageRange> even = plan_stages(cfg_.num_layers, S, {});
     if (kv_room(even) * 1.1 >= kv_room(shares)) shares = even;
   }
-  if (opts_.interleave < 0) throw InvalidArgument("interleave must be >= 1 (or 0 for automatic), got " + std::to_string(opts_.interleave));
   if (S > 1 && opts_.interleave == 0) {
     // Every round adds S hops to a decode step: ~4.5 us each between peer cards (H200s), ~7 us
     // staged through the host, so host staging stops at fewer rounds.
@@ -494,8 +505,7 @@ void Engine::Impl::submit(std::vector<ScheduledChunk> chunks) {
       batch->sampling.push_back(row);
     }
     // Every token of a chunk is prefill work except the one token of a plain decode step.
-    const bool decode_step = c.length == 1 && !s->output.empty() && c.start + 1 == s->total_len();
-    prompt_tokens_ += decode_step ? 0 : c.length;
+    prompt_tokens_ += c.decode ? 0 : c.length;
   }
   batch->chunks = std::move(chunks);
   ++steps_;

@@ -1,5 +1,6 @@
 // Both transports run asynchronously: a chunk's copy waits on an event recorded after the sending
-// stage's compute, runs on a stream of its own (so the sender's next chunk computes meanwhile),
+// stage's compute, runs on a copy stream (the receiver's pull stream between peers, the sender's
+// then the receiver's through host staging), so that the sender's next chunk computes meanwhile,
 // and the receiver's stream waits on the copy's event; a decode step's rows go through the flag
 // kernels of kernels/handoff.cu on the compute streams. No host thread blocks on a transfer.
 #include "cuda_transport.h"
@@ -91,23 +92,40 @@ struct HandoffFlags {
   SlotWords sent, flag, waited;
 };
 
+// What both transports share: the sender's compute-done event and copy stream, and the flag
+// hand-offs of small transfers (`flag_on_host`: the flag in pinned host memory, for cards that
+// cannot reach each other).
 class CudaTransportBase : public Transport {
  public:
-  CudaTransportBase(CudaBackend& from, CudaBackend& to)
-      : from_(from), to_(to), compute_done_(make_event(from.device())), copy_stream_(make_stream(from.device())) {}
+  CudaTransportBase(CudaBackend& from, CudaBackend& to, int num_slots, bool flag_on_host)
+      : from_(from), to_(to), compute_done_(make_event(from.device())), copy_stream_(make_stream(from.device())),
+        flags_(from.device(), to.device(), num_slots, flag_on_host) {}
   ~CudaTransportBase() override {
     cudaSetDevice(from_.device());
     cudaStreamSynchronize(copy_stream_);
     cudaEventDestroy(compute_done_);
     cudaStreamDestroy(copy_stream_);
   }
-  void synchronize() override {  // the flag hand-offs run on the sender's compute stream
+  bool capturable(size_t bytes) const override { return bytes <= kFlagBytes; }
+  void synchronize() override {  // the flag hand-offs' first leg runs on the sender's compute stream
     ScopedDevice g(from_.device());
     EMBER_CUDA_CHECK(cudaStreamSynchronize(copy_stream_));
     EMBER_CUDA_CHECK(cudaStreamSynchronize(static_cast<cudaStream_t>(from_.native_stream())));
   }
 
  protected:
+  // The sender's flag kernel: `bytes` from src to `to` (the receiver's buffer, or staging).
+  void flag_send(const void* src, void* to, size_t bytes, int slot) {
+    ScopedDevice g(from_.device());
+    EMBER_CUDA_CHECK(cuda::launch_handoff_send(src, to, bytes, flags_.sent.at(slot), flags_.flag.at(slot),
+                                               static_cast<cudaStream_t>(from_.native_stream())));
+  }
+  // The receiver's flag kernel; with `staged`, it also copies `bytes` from there to dst.
+  void flag_wait(int slot, const void* staged, void* dst, size_t bytes) {
+    ScopedDevice g(to_.device());
+    EMBER_CUDA_CHECK(cuda::launch_handoff_wait(flags_.flag.at(slot), flags_.waited.at(slot), staged, dst, bytes,
+                                               static_cast<cudaStream_t>(to_.native_stream())));
+  }
   // The copy stream waits for everything issued so far on the sender's compute stream.
   void order_after_compute() {
     EMBER_CUDA_CHECK(cudaEventRecord(compute_done_, static_cast<cudaStream_t>(from_.native_stream())));
@@ -116,7 +134,8 @@ class CudaTransportBase : public Transport {
   CudaBackend& from_;
   CudaBackend& to_;
   cudaEvent_t compute_done_;
-  cudaStream_t copy_stream_;
+  cudaStream_t copy_stream_;  // host staging's first leg
+  HandoffFlags flags_;
 };
 
 // A chunk's activations are pulled by the receiving card: a stream of its own waits for the
@@ -127,8 +146,7 @@ class CudaTransportBase : public Transport {
 class PeerTransport final : public CudaTransportBase {
  public:
   PeerTransport(CudaBackend& from, CudaBackend& to, int num_slots)
-      : CudaTransportBase(from, to), pull_stream_(make_stream(to.device())),
-        flags_(from.device(), to.device(), num_slots, /*flag_on_host=*/false) {
+      : CudaTransportBase(from, to, num_slots, /*flag_on_host=*/false), pull_stream_(make_stream(to.device())) {
     for (int i = 0; i < num_slots; ++i) landed_.push_back(make_event(to.device()));
     if (from.device() == to.device()) return;  // two stages on one card: a plain device copy
     enable_peer(from.device(), to.device());
@@ -141,14 +159,8 @@ class PeerTransport final : public CudaTransportBase {
     cudaStreamDestroy(pull_stream_);
   }
   std::string name() const override { return "peer"; }
-  bool capturable(size_t bytes) const override { return bytes <= kFlagBytes; }
   void send(const void* src, void* dst, size_t bytes, int slot) override {
-    if (bytes <= kFlagBytes) {
-      ScopedDevice g(from_.device());
-      EMBER_CUDA_CHECK(cuda::launch_handoff_send(src, dst, bytes, flags_.sent.at(slot), flags_.flag.at(slot),
-                                                 static_cast<cudaStream_t>(from_.native_stream())));
-      return;
-    }
+    if (bytes <= kFlagBytes) return flag_send(src, dst, bytes, slot);
     {
       ScopedDevice g(from_.device());
       EMBER_CUDA_CHECK(cudaEventRecord(compute_done_, static_cast<cudaStream_t>(from_.native_stream())));
@@ -159,14 +171,9 @@ class PeerTransport final : public CudaTransportBase {
     EMBER_CUDA_CHECK(cudaEventRecord(landed_.at(slot), pull_stream_));
   }
   void wait_arrival(int slot, void* /*dst*/, size_t bytes) override {
+    if (bytes <= kFlagBytes) return flag_wait(slot, nullptr, nullptr, 0);
     ScopedDevice g(to_.device());
-    cudaStream_t stream = static_cast<cudaStream_t>(to_.native_stream());
-    if (bytes <= kFlagBytes) {
-      EMBER_CUDA_CHECK(
-          cuda::launch_handoff_wait(flags_.flag.at(slot), flags_.waited.at(slot), nullptr, nullptr, 0, stream));
-      return;
-    }
-    EMBER_CUDA_CHECK(cudaStreamWaitEvent(stream, landed_.at(slot), 0));
+    EMBER_CUDA_CHECK(cudaStreamWaitEvent(static_cast<cudaStream_t>(to_.native_stream()), landed_.at(slot), 0));
   }
   void synchronize() override {
     CudaTransportBase::synchronize();
@@ -183,7 +190,6 @@ class PeerTransport final : public CudaTransportBase {
   }
   cudaStream_t pull_stream_;
   std::vector<cudaEvent_t> landed_;
-  HandoffFlags flags_;
 };
 
 // Device -> pinned host buffer of the slot -> device. A chunk: the second leg runs on a copy
@@ -193,8 +199,7 @@ class PeerTransport final : public CudaTransportBase {
 class PinnedHostTransport final : public CudaTransportBase {
  public:
   PinnedHostTransport(CudaBackend& from, CudaBackend& to, size_t max_bytes, int num_slots)
-      : CudaTransportBase(from, to), to_stream_(make_stream(to.device())),
-        flags_(from.device(), to.device(), num_slots, /*flag_on_host=*/true) {
+      : CudaTransportBase(from, to, num_slots, /*flag_on_host=*/true), to_stream_(make_stream(to.device())) {
     for (int i = 0; i < num_slots; ++i) {
       void* p = nullptr;
       EMBER_CUDA_CHECK(cudaHostAlloc(&p, max_bytes, cudaHostAllocPortable | cudaHostAllocMapped));
@@ -215,17 +220,10 @@ class PinnedHostTransport final : public CudaTransportBase {
     for (void* p : staging_) cudaFreeHost(p);
   }
   std::string name() const override { return "host"; }
-  bool capturable(size_t bytes) const override { return bytes <= kFlagBytes; }
   void send(const void* src, void* dst, size_t bytes, int slot) override {
     if (bytes > max_bytes_)
       throw EngineError("host transport: " + std::to_string(bytes) + " bytes exceed the staging buffer");
-    if (bytes <= kFlagBytes) {
-      ScopedDevice g(from_.device());
-      EMBER_CUDA_CHECK(cuda::launch_handoff_send(src, staging_.at(slot), bytes, flags_.sent.at(slot),
-                                                 flags_.flag.at(slot),
-                                                 static_cast<cudaStream_t>(from_.native_stream())));
-      return;
-    }
+    if (bytes <= kFlagBytes) return flag_send(src, staging_.at(slot), bytes, slot);
     {
       ScopedDevice g(from_.device());
       order_after_compute();
@@ -238,14 +236,9 @@ class PinnedHostTransport final : public CudaTransportBase {
     EMBER_CUDA_CHECK(cudaEventRecord(landed_[slot], to_stream_));
   }
   void wait_arrival(int slot, void* dst, size_t bytes) override {
+    if (bytes <= kFlagBytes) return flag_wait(slot, staging_.at(slot), dst, bytes);
     ScopedDevice g(to_.device());
-    cudaStream_t stream = static_cast<cudaStream_t>(to_.native_stream());
-    if (bytes <= kFlagBytes) {
-      EMBER_CUDA_CHECK(cuda::launch_handoff_wait(flags_.flag.at(slot), flags_.waited.at(slot), staging_.at(slot), dst,
-                                                 bytes, stream));
-      return;
-    }
-    EMBER_CUDA_CHECK(cudaStreamWaitEvent(stream, landed_.at(slot), 0));
+    EMBER_CUDA_CHECK(cudaStreamWaitEvent(static_cast<cudaStream_t>(to_.native_stream()), landed_.at(slot), 0));
   }
   void synchronize() override {
     CudaTransportBase::synchronize();
@@ -255,7 +248,6 @@ class PinnedHostTransport final : public CudaTransportBase {
 
  private:
   cudaStream_t to_stream_;
-  HandoffFlags flags_;
   std::vector<void*> staging_;
   std::vector<cudaEvent_t> staged_;
   std::vector<cudaEvent_t> landed_;

@@ -1,4 +1,4 @@
-// One stage's share of the forward pass: per layer RMSNorm -> q/k/v -> (q/k norm) -> RoPE -> KV
+// One block's share of the forward pass: per layer RMSNorm -> q/k/v -> (q/k norm) -> RoPE -> KV
 // write -> paged attention -> o_proj -> residual -> RMSNorm -> SwiGLU MLP -> residual.
 #include "model/decoder.h"
 

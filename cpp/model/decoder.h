@@ -1,5 +1,5 @@
-// The Llama / Mistral / Qwen2 / Qwen3 decoder forward for one pipeline stage, written only
-// against Backend ops so that every backend runs the same model code.
+// The Llama / Mistral / Qwen2 / Qwen3 decoder forward for one block of layers (a pipeline stage
+// runs one or, interleaved, several), written only against Backend ops.
 #pragma once
 
 #include <cstdint>

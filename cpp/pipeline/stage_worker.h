@@ -34,6 +34,9 @@ struct StageResult {
   std::vector<SampleResult> samples;
   std::string error;  // non-empty: the batch failed in some stage
   int position = 0;   // the block of layers the batch goes through next (pipeline order)
+  // The stage before handed this batch's rows to position `position`'s stage, which must wait for
+  // them even when the batch failed after the hand-off (the flag kernels count every hand-off).
+  bool handed_off = false;
 };
 
 class StageWorker {
@@ -79,6 +82,8 @@ class StageWorker {
   void run();
   // Runs the block at work.position; true when it was the pipeline's last (the batch is sampled).
   bool process(StageResult& work);
+  // A batch that failed after its rows were handed here: wait for them all the same.
+  void consume_handoff(StageResult& work);
   // What a block runs besides its layers: the wait for its input and the hand-off of its output,
   // when the transports let a graph hold them (either may be empty).
   struct Handoffs {

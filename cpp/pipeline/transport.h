@@ -1,5 +1,5 @@
-// Moves a batch's hidden states from one stage's memory to the next stage's. Host staging works
-// between any two backends; a CUDA peer transport can replace it where cards see each other.
+// Moves a batch's hidden states from one stage's memory to the next stage's: plain host staging
+// between any two backends, peer copies or pinned host staging between CUDA stages.
 #pragma once
 
 #include <memory>
@@ -19,7 +19,9 @@ class Transport {
   // before the copy is done; the receiver calls wait_arrival(slot, dst, bytes) before it reads `dst`.
   virtual void send(const void* src, void* dst, size_t bytes, int slot) = 0;
   // Orders the receiver's next work after the arrival of `slot`'s data (a stream wait on GPUs);
-  // `dst` and `bytes` are the receiver's own view of the hand-off, the same as the sender's.
+  // `dst` and `bytes` are the receiver's own view of the hand-off, the same as the sender's. Every
+  // send must be met by exactly one wait_arrival, even when the batch fails: the CUDA flag
+  // hand-offs count both sides.
   virtual void wait_arrival(int slot, void* dst, size_t bytes) = 0;
   // True when send and wait_arrival of `bytes` only launch kernels on the two stages' own streams,
   // with no host-side state, so that each stage may capture its side into its CUDA graphs.

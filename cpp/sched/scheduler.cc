@@ -5,6 +5,11 @@
 #include <algorithm>
 
 namespace ember {
+namespace {
+bool has_decode(const std::vector<ScheduledChunk>& batch) {
+  return std::any_of(batch.begin(), batch.end(), [](const ScheduledChunk& c) { return c.decode; });
+}
+}  // namespace
 
 Scheduler::Scheduler(const SchedulerOptions& opts, BlockManager* blocks) : opts_(opts), blocks_(blocks) {}
 
@@ -16,8 +21,7 @@ void Scheduler::add(Sequence* seq) {
 }
 
 void Scheduler::returned(const std::vector<ScheduledChunk>& batch) {
-  if (std::any_of(batch.begin(), batch.end(), [](const ScheduledChunk& c) { return c.decode; }))
-    decode_batches_in_flight_ -= 1;
+  if (has_decode(batch)) decode_batches_in_flight_ -= 1;
 }
 
 void Scheduler::finish(Sequence* seq) {
@@ -117,8 +121,7 @@ std::vector<ScheduledChunk> Scheduler::schedule() {
     running_.push_back(s);
     std::sort(running_.begin(), running_.end(), [](const Sequence* a, const Sequence* b) { return a->arrival < b->arrival; });
   }
-  if (std::any_of(batch.begin(), batch.end(), [](const ScheduledChunk& c) { return c.decode; }))
-    decode_batches_in_flight_ += 1;
+  if (has_decode(batch)) decode_batches_in_flight_ += 1;
   return batch;
 }
 

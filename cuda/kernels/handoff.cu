@@ -44,9 +44,13 @@ __global__ void __launch_bounds__(kThreads)
   if (threadIdx.x == 0) {
     const unsigned long long want = *waited + 1;
     const unsigned long long start = global_ns();
-    while (*flag < want) {
+    unsigned long long seen;
+    while ((seen = *flag) < want) {
       if (global_ns() - start > kWaitLimitNs) __trap();
     }
+    // Past `want`: a hand-off was sent and never waited for, so these rows may be a later
+    // batch's. The counters cannot recover; fail loudly rather than compute on them.
+    if (seen != want) __trap();
     *waited = want;
     __threadfence_system();
   }

@@ -61,7 +61,7 @@ struct TokenEvent {
 
 struct StageStats {
   std::string device;
-  std::string transport;  // to the next stage ("-" for the last)
+  std::string transport;  // to the next stage ("-" for the last of a chain; a ring's links back)
   int64_t layers = 0;
   int64_t blocks = 1;     // blocks of layers (interleave)
   double compute_s = 0.0;

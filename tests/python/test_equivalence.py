@@ -90,8 +90,8 @@ def test_pipeline_stages_equal_one_stage(
 
 @pytest.mark.parametrize(
     "chunk_size,layer_split",
-    [(16, None), (1, None), (None, [2, 2])],
-    ids=["chunk-16", "chunk-1", "split-2-2"],
+    [(16, None), (1, None), (5, [2, 2])],
+    ids=["chunk-16", "chunk-1", "chunk-5-given-split"],
 )
 def test_interleaved_stages_equal_one_stage(
     four_layer_model, baseline, make_llm, chunk_size, layer_split
@@ -145,11 +145,25 @@ def test_interleave_is_validated(four_layer_model):
     # Four layers on two stages cannot be cut into three blocks per stage.
     with pytest.raises(ValueError, match="interleave 3 needs at least 3 layers"):
         ember.LLM(str(four_layer_model), devices=["cpu", "cpu"], interleave=3)
-    with pytest.raises(ValueError, match="interleave"):
+    with pytest.raises(ValueError, match="interleave must be a positive integer"):
         ember.LLM(str(four_layer_model), devices=["cpu", "cpu"], interleave=-1)
+    # The engine checks what reaches it past the Python layer too.
+    for field, value, message in (
+        ("interleave", -1, "interleave must be >= 1"),
+        ("batches_in_flight", 65, "batches_in_flight must be in"),
+    ):
+        opts = ember._C.EngineOptions()
+        opts.model_path = str(four_layer_model)
+        opts.devices = ["cpu", "cpu"]
+        setattr(opts, field, value)
+        with pytest.raises(ValueError, match=message):
+            ember._C.Engine(opts)
     # One stage has nothing to interleave: the option is accepted and has no effect.
     with ember.LLM(str(four_layer_model), interleave=2) as llm:
         assert llm.stats()["interleave"] == 1
+    with ember.LLM(str(four_layer_model), devices=["cpu", "cpu"], batches_in_flight=5) as llm:
+        outs = llm.generate(PROMPTS, greedy(3))
+        assert [len(o.outputs[0].token_ids) for o in outs] == [3] * len(PROMPTS)
 
 
 @pytest.mark.parametrize("edge", [3, 0, None], ids=["edge-3", "edge-off", "edge-auto"])
