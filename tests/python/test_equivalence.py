@@ -73,8 +73,9 @@ def test_small_step_budget_equals_unchunked(four_layer_model, baseline, make_llm
         (["cpu", "cpu"], [1, 3]),
         (["cpu", "cpu"], [3, 1]),
         (["cpu", "cpu", "cpu"], [2, 1, 1]),
+        (["cpu"] * 4, None),
     ],
-    ids=["2-stages", "3-stages", "split-1-3", "split-3-1", "split-2-1-1"],
+    ids=["2-stages", "3-stages", "split-1-3", "split-3-1", "split-2-1-1", "4-stages"],
 )
 def test_pipeline_stages_equal_one_stage(
     four_layer_model, baseline, make_llm, devices, layer_split
@@ -198,6 +199,30 @@ def test_preemption_does_not_change_tokens(four_layer_model, baseline, make_llm)
     assert llm.stats()["preemptions"] > 0
     assert llm.stats()["num_blocks"] == 8
     free_ids, free_logits = run(make_llm(four_layer_model), PROMPTS, n)
+    for i in range(len(PROMPTS)):
+        assert_same([ids[i]], [logits[i]], [free_ids[i]], [free_logits[i]])
+    deadline = time.monotonic() + 5.0
+    while time.monotonic() < deadline and llm.stats()["blocks_used"] != 0:
+        time.sleep(0.01)
+    stats = llm.stats()
+    assert (stats["blocks_used"], stats["running"], stats["waiting"]) == (0, 0, 0)
+
+
+def test_preemption_on_an_interleaved_pipeline(four_layer_model, baseline, make_llm):
+    """The pool of 8 pages runs dry with two interleaved CPU stages too: sequences are preempted
+    and recomputed round the ring, give the tokens of a run without pressure, and every page comes
+    back on every stage."""
+    llm = make_llm(
+        four_layer_model,
+        devices=["cpu", "cpu"],
+        interleave=2,
+        kv_cache_tokens=128,
+        block_size=16,
+        max_model_len=128,
+    )
+    ids, logits = run(llm, PROMPTS, 40)
+    assert llm.stats()["preemptions"] > 0
+    free_ids, free_logits = run(make_llm(four_layer_model), PROMPTS, 40)
     for i in range(len(PROMPTS)):
         assert_same([ids[i]], [logits[i]], [free_ids[i]], [free_logits[i]])
     deadline = time.monotonic() + 5.0

@@ -192,3 +192,28 @@ def test_stop_string_is_excluded(llm):
     single = SamplingParams(max_tokens=24, temperature=0.0, ignore_eos=True, stop=stop)
     assert llm.generate(prompt, single)[0].outputs[0].text == full[:k]
     assert_idle(llm)
+
+
+def test_aborts_on_an_interleaved_pipeline_free_every_stage(tiny_model):
+    """Two CPU stages, two blocks each: requests abandoned mid-stream (break, abort from another
+    thread, abort before the first token) leave no page in use on any stage; it keeps serving."""
+    import ember
+
+    path = tiny_model("llama", layers=4, max_position_embeddings=4096)
+    with ember.LLM(str(path), devices=["cpu", "cpu"], interleave=2, max_model_len=4096) as llm:
+        assert llm.stats()["interleave"] == 2
+        for ev in llm.stream(PROMPT, long_params()):
+            assert ev.finish_reason is None
+            break
+        reqs = [llm.submit(PROMPT[: 3 + i], long_params()) for i in range(4)]
+        assert reqs[0].next_event(timeout=10.0) is not None
+        threads = [threading.Thread(target=r.abort) for r in reqs]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        llm.submit(PROMPT, long_params()).abort()
+        assert_idle(llm)
+        out = llm.generate([PROMPT], greedy(4))[0].outputs[0]
+        assert out.finish_reason == "length" and len(out.token_ids) == 4
+        assert_idle(llm)
