@@ -92,28 +92,43 @@ struct HandoffFlags {
   SlotWords sent, flag, waited;
 };
 
-// What both transports share: the sender's compute-done event and copy stream, and the flag
-// hand-offs of small transfers (`flag_on_host`: the flag in pinned host memory, for cards that
-// cannot reach each other).
+// What both transports share: the flag hand-offs of small transfers (`flag_on_host`: the flag in
+// pinned host memory, for cards that cannot reach each other), and for chunks the event recorded
+// after the sender's compute and the receiving card's stream that lands them, with one event per
+// slot that the receiver's compute stream waits on.
 class CudaTransportBase : public Transport {
  public:
   CudaTransportBase(CudaBackend& from, CudaBackend& to, int num_slots, bool flag_on_host)
-      : from_(from), to_(to), compute_done_(make_event(from.device())), copy_stream_(make_stream(from.device())),
-        flags_(from.device(), to.device(), num_slots, flag_on_host) {}
+      : from_(from), to_(to), compute_done_(make_event(from.device())), land_stream_(make_stream(to.device())),
+        flags_(from.device(), to.device(), num_slots, flag_on_host) {
+    for (int i = 0; i < num_slots; ++i) landed_.push_back(make_event(to.device()));
+  }
   ~CudaTransportBase() override {
+    cudaSetDevice(to_.device());
+    cudaStreamSynchronize(land_stream_);
+    for (cudaEvent_t e : landed_) cudaEventDestroy(e);
+    cudaStreamDestroy(land_stream_);
     cudaSetDevice(from_.device());
-    cudaStreamSynchronize(copy_stream_);
     cudaEventDestroy(compute_done_);
-    cudaStreamDestroy(copy_stream_);
   }
   bool capturable(size_t bytes) const override { return bytes <= kFlagBytes; }
+  void wait_arrival(int slot, void* dst, size_t bytes) override {
+    if (bytes <= kFlagBytes) return flag_wait(slot, staged_rows(slot), dst, bytes);
+    ScopedDevice g(to_.device());
+    EMBER_CUDA_CHECK(cudaStreamWaitEvent(static_cast<cudaStream_t>(to_.native_stream()), landed_.at(slot), 0));
+  }
   void synchronize() override {  // the flag hand-offs' first leg runs on the sender's compute stream
-    ScopedDevice g(from_.device());
-    EMBER_CUDA_CHECK(cudaStreamSynchronize(copy_stream_));
-    EMBER_CUDA_CHECK(cudaStreamSynchronize(static_cast<cudaStream_t>(from_.native_stream())));
+    {
+      ScopedDevice g(from_.device());
+      EMBER_CUDA_CHECK(cudaStreamSynchronize(static_cast<cudaStream_t>(from_.native_stream())));
+    }
+    ScopedDevice g(to_.device());
+    EMBER_CUDA_CHECK(cudaStreamSynchronize(land_stream_));
   }
 
  protected:
+  // Where a flag hand-off's rows wait for the receiver to copy them in (null: already in place).
+  virtual const void* staged_rows(int slot) const = 0;
   // The sender's flag kernel: `bytes` from src to `to` (the receiver's buffer, or staging).
   void flag_send(const void* src, void* to, size_t bytes, int slot) {
     ScopedDevice g(from_.device());
@@ -126,132 +141,107 @@ class CudaTransportBase : public Transport {
     EMBER_CUDA_CHECK(cuda::launch_handoff_wait(flags_.flag.at(slot), flags_.waited.at(slot), staged, dst, bytes,
                                                static_cast<cudaStream_t>(to_.native_stream())));
   }
-  // The copy stream waits for everything issued so far on the sender's compute stream.
-  void order_after_compute() {
+  // Records compute_done_ after everything issued so far on the sender's compute stream.
+  void record_compute_done() {
+    ScopedDevice g(from_.device());
     EMBER_CUDA_CHECK(cudaEventRecord(compute_done_, static_cast<cudaStream_t>(from_.native_stream())));
-    EMBER_CUDA_CHECK(cudaStreamWaitEvent(copy_stream_, compute_done_, 0));
   }
   CudaBackend& from_;
   CudaBackend& to_;
   cudaEvent_t compute_done_;
-  cudaStream_t copy_stream_;  // host staging's first leg
+  cudaStream_t land_stream_;  // on the receiving card: a chunk's last leg
+  std::vector<cudaEvent_t> landed_;
   HandoffFlags flags_;
 };
 
-// A chunk's activations are pulled by the receiving card: a stream of its own waits for the
-// sender's compute, copies over the link and records a local event that the receiver's compute
-// stream waits on. (Pushed from the sender's copy stream, with the receiver's compute stream
-// waiting on the sender's event, a two-stage prefill ran ~1 % slower on H100s.) A decode step's
-// rows go through the flag kernels.
+// A chunk's activations are pulled by the receiving card: its land stream waits for the sender's
+// compute, copies over the link and records the slot's landed event. (Pushed from the sender's
+// copy stream, with the receiver's compute stream waiting on the sender's event, a two-stage
+// prefill ran ~1 % slower on H100s.) A decode step's rows go through the flag kernels.
 class PeerTransport final : public CudaTransportBase {
  public:
   PeerTransport(CudaBackend& from, CudaBackend& to, int num_slots)
-      : CudaTransportBase(from, to, num_slots, /*flag_on_host=*/false), pull_stream_(make_stream(to.device())) {
-    for (int i = 0; i < num_slots; ++i) landed_.push_back(make_event(to.device()));
+      : CudaTransportBase(from, to, num_slots, /*flag_on_host=*/false) {
     if (from.device() == to.device()) return;  // two stages on one card: a plain device copy
     enable_peer(from.device(), to.device());
     enable_peer(to.device(), from.device());
   }
-  ~PeerTransport() override {
-    cudaSetDevice(to_.device());
-    cudaStreamSynchronize(pull_stream_);
-    for (cudaEvent_t e : landed_) cudaEventDestroy(e);
-    cudaStreamDestroy(pull_stream_);
-  }
   std::string name() const override { return "peer"; }
   void send(const void* src, void* dst, size_t bytes, int slot) override {
     if (bytes <= kFlagBytes) return flag_send(src, dst, bytes, slot);
-    {
-      ScopedDevice g(from_.device());
-      EMBER_CUDA_CHECK(cudaEventRecord(compute_done_, static_cast<cudaStream_t>(from_.native_stream())));
-    }
+    record_compute_done();
     ScopedDevice g(to_.device());
-    EMBER_CUDA_CHECK(cudaStreamWaitEvent(pull_stream_, compute_done_, 0));
-    EMBER_CUDA_CHECK(cudaMemcpyPeerAsync(dst, to_.device(), src, from_.device(), bytes, pull_stream_));
-    EMBER_CUDA_CHECK(cudaEventRecord(landed_.at(slot), pull_stream_));
-  }
-  void wait_arrival(int slot, void* /*dst*/, size_t bytes) override {
-    if (bytes <= kFlagBytes) return flag_wait(slot, nullptr, nullptr, 0);
-    ScopedDevice g(to_.device());
-    EMBER_CUDA_CHECK(cudaStreamWaitEvent(static_cast<cudaStream_t>(to_.native_stream()), landed_.at(slot), 0));
-  }
-  void synchronize() override {
-    CudaTransportBase::synchronize();
-    ScopedDevice g(to_.device());
-    EMBER_CUDA_CHECK(cudaStreamSynchronize(pull_stream_));
+    EMBER_CUDA_CHECK(cudaStreamWaitEvent(land_stream_, compute_done_, 0));
+    EMBER_CUDA_CHECK(cudaMemcpyPeerAsync(dst, to_.device(), src, from_.device(), bytes, land_stream_));
+    EMBER_CUDA_CHECK(cudaEventRecord(landed_.at(slot), land_stream_));
   }
 
  private:
+  const void* staged_rows(int /*slot*/) const override { return nullptr; }
   static void enable_peer(int device, int peer) {
     ScopedDevice g(device);
     cudaError_t e = cudaDeviceEnablePeerAccess(peer, 0);
     if (e == cudaErrorPeerAccessAlreadyEnabled) cudaGetLastError();
     else EMBER_CUDA_CHECK(e);
   }
-  cudaStream_t pull_stream_;
-  std::vector<cudaEvent_t> landed_;
 };
 
-// Device -> pinned host buffer of the slot -> device. A chunk: the second leg runs on a copy
-// stream of the receiving device, ordered after the first by an event; neither blocks a host
-// thread. A decode step's rows: the sender's flag kernel writes them into the staging buffer and
-// the receiver's copies them in once the flag (in pinned host memory too) is up.
+// Device -> pinned host buffer of the slot -> device. A chunk: the first leg runs on a copy stream
+// of the sending card, the second on the receiving card's land stream, ordered after the first by
+// an event; neither blocks a host thread. A decode step's rows: the sender's flag kernel writes
+// them into the staging buffer and the receiver's copies them in once the flag (in pinned host
+// memory too) is up.
 class PinnedHostTransport final : public CudaTransportBase {
  public:
   PinnedHostTransport(CudaBackend& from, CudaBackend& to, size_t max_bytes, int num_slots)
-      : CudaTransportBase(from, to, num_slots, /*flag_on_host=*/true), to_stream_(make_stream(to.device())) {
+      : CudaTransportBase(from, to, num_slots, /*flag_on_host=*/true), copy_stream_(make_stream(from.device())),
+        max_bytes_(max_bytes) {
     for (int i = 0; i < num_slots; ++i) {
       void* p = nullptr;
       EMBER_CUDA_CHECK(cudaHostAlloc(&p, max_bytes, cudaHostAllocPortable | cudaHostAllocMapped));
       staging_.push_back(p);
       staged_.push_back(make_event(from.device()));
-      landed_.push_back(make_event(to.device()));
     }
-    max_bytes_ = max_bytes;
   }
   ~PinnedHostTransport() override {
-    cudaSetDevice(to_.device());
-    cudaStreamSynchronize(to_stream_);
-    for (cudaEvent_t e : landed_) cudaEventDestroy(e);
-    cudaStreamDestroy(to_stream_);
     cudaSetDevice(from_.device());
     cudaStreamSynchronize(copy_stream_);
+    cudaSetDevice(to_.device());
+    cudaStreamSynchronize(land_stream_);  // its second legs read the staging buffers
     for (cudaEvent_t e : staged_) cudaEventDestroy(e);
     for (void* p : staging_) cudaFreeHost(p);
+    cudaSetDevice(from_.device());
+    cudaStreamDestroy(copy_stream_);
   }
   std::string name() const override { return "host"; }
   void send(const void* src, void* dst, size_t bytes, int slot) override {
     if (bytes > max_bytes_)
       throw EngineError("host transport: " + std::to_string(bytes) + " bytes exceed the staging buffer");
     if (bytes <= kFlagBytes) return flag_send(src, staging_.at(slot), bytes, slot);
+    record_compute_done();
     {
       ScopedDevice g(from_.device());
-      order_after_compute();
+      EMBER_CUDA_CHECK(cudaStreamWaitEvent(copy_stream_, compute_done_, 0));
       EMBER_CUDA_CHECK(cudaMemcpyAsync(staging_.at(slot), src, bytes, cudaMemcpyDeviceToHost, copy_stream_));
       EMBER_CUDA_CHECK(cudaEventRecord(staged_[slot], copy_stream_));
     }
     ScopedDevice g(to_.device());
-    EMBER_CUDA_CHECK(cudaStreamWaitEvent(to_stream_, staged_[slot], 0));
-    EMBER_CUDA_CHECK(cudaMemcpyAsync(dst, staging_[slot], bytes, cudaMemcpyHostToDevice, to_stream_));
-    EMBER_CUDA_CHECK(cudaEventRecord(landed_[slot], to_stream_));
-  }
-  void wait_arrival(int slot, void* dst, size_t bytes) override {
-    if (bytes <= kFlagBytes) return flag_wait(slot, staging_.at(slot), dst, bytes);
-    ScopedDevice g(to_.device());
-    EMBER_CUDA_CHECK(cudaStreamWaitEvent(static_cast<cudaStream_t>(to_.native_stream()), landed_.at(slot), 0));
+    EMBER_CUDA_CHECK(cudaStreamWaitEvent(land_stream_, staged_[slot], 0));
+    EMBER_CUDA_CHECK(cudaMemcpyAsync(dst, staging_[slot], bytes, cudaMemcpyHostToDevice, land_stream_));
+    EMBER_CUDA_CHECK(cudaEventRecord(landed_.at(slot), land_stream_));
   }
   void synchronize() override {
     CudaTransportBase::synchronize();
-    ScopedDevice g(to_.device());
-    EMBER_CUDA_CHECK(cudaStreamSynchronize(to_stream_));
+    ScopedDevice g(from_.device());
+    EMBER_CUDA_CHECK(cudaStreamSynchronize(copy_stream_));
   }
 
  private:
-  cudaStream_t to_stream_;
+  const void* staged_rows(int slot) const override { return staging_.at(slot); }
+  cudaStream_t copy_stream_;  // on the sending card: a chunk's first leg
+  size_t max_bytes_;
   std::vector<void*> staging_;
   std::vector<cudaEvent_t> staged_;
-  std::vector<cudaEvent_t> landed_;
-  size_t max_bytes_ = 0;
 };
 
 class CudaSlotFence final : public SlotFence {
