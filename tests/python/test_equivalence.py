@@ -194,11 +194,16 @@ def test_preemption_does_not_change_tokens(four_layer_model, baseline, make_llm)
     # 8 blocks of 16 tokens; 8 sequences of up to 38 + 40 tokens need ~3-5 blocks each, so the
     # pool runs dry and sequences must be preempted and recomputed.
     llm = make_llm(four_layer_model, kv_cache_tokens=128, block_size=16, max_model_len=128)
-    n = 40
-    ids, logits = run(llm, PROMPTS, n)
-    assert llm.stats()["preemptions"] > 0
+    assert_preempted_run_matches(llm, make_llm(four_layer_model))
     assert llm.stats()["num_blocks"] == 8
-    free_ids, free_logits = run(make_llm(four_layer_model), PROMPTS, n)
+
+
+def assert_preempted_run_matches(llm, free_llm) -> None:
+    """`llm`'s pool runs dry on PROMPTS (40 new tokens each): it preempts, gives the tokens and
+    logits of `free_llm` (no memory pressure) and frees every page afterwards."""
+    ids, logits = run(llm, PROMPTS, 40)
+    assert llm.stats()["preemptions"] > 0
+    free_ids, free_logits = run(free_llm, PROMPTS, 40)
     for i in range(len(PROMPTS)):
         assert_same([ids[i]], [logits[i]], [free_ids[i]], [free_logits[i]])
     deadline = time.monotonic() + 5.0
@@ -220,16 +225,7 @@ def test_preemption_on_an_interleaved_pipeline(four_layer_model, baseline, make_
         block_size=16,
         max_model_len=128,
     )
-    ids, logits = run(llm, PROMPTS, 40)
-    assert llm.stats()["preemptions"] > 0
-    free_ids, free_logits = run(make_llm(four_layer_model), PROMPTS, 40)
-    for i in range(len(PROMPTS)):
-        assert_same([ids[i]], [logits[i]], [free_ids[i]], [free_logits[i]])
-    deadline = time.monotonic() + 5.0
-    while time.monotonic() < deadline and llm.stats()["blocks_used"] != 0:
-        time.sleep(0.01)
-    stats = llm.stats()
-    assert (stats["blocks_used"], stats["running"], stats["waiting"]) == (0, 0, 0)
+    assert_preempted_run_matches(llm, make_llm(four_layer_model))
 
 
 def test_seeded_sampling_is_repeatable(four_layer_model, make_llm):
