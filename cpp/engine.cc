@@ -119,6 +119,7 @@ class Engine::Impl {
   int64_t num_blocks_ = 0;
   int rounds_ = 1;  // interleave: how many blocks of layers each stage runs
   bool auto_chunk_ = false;  // chunk_size was left to the engine
+  bool auto_edge_ = false;   // and edge_chunk_size too
   int64_t steps_ = 0, prompt_tokens_ = 0, generated_tokens_ = 0;
   bool stopping_ = false;
   std::atomic<bool> dead_{false};
@@ -144,6 +145,9 @@ Engine::Impl::Impl(const EngineOptions& opts) : opts_(opts) {
     // Interleaved, fill and drain cost a block of one chunk, 1/rounds of a stage's share, so the
     // chunks can be larger (and run closer to one whole prompt's efficiency): as large as cuts an
     // 8192-token prompt into 2S chunks, the fewest that keep a ring of S stages busy; at least 512.
+    // Edge chunks then shorten neither fill nor drain (the ring idles on its largest middle block)
+    // and run at a small chunk's efficiency: off (2 H200s, 8192 prompt: 1.85x without, 1.82x with).
+    if (auto_edge_) opts_.edge_chunk_size = -1;
     const int S = static_cast<int>(stages_.size());
     int32_t chunk = 512;
     while (chunk * 2 * 2 * S <= 8192) chunk *= 2;
@@ -194,7 +198,7 @@ void Engine::Impl::validate_options() {
   if (opts_.chunk_size < 0) throw InvalidArgument("chunk_size must be >= 1 (or 0 for automatic), got " + std::to_string(opts_.chunk_size));
   // Pipelines: the bulk of a long prompt in chunks of kPipelineChunk, the first and last of
   // kPipelineEdgeChunk, so that stages overlap without running at a small chunk's efficiency
-  // (interleaved pipelines revise the middle chunks once the rounds are known: auto_chunk_).
+  // (interleaved pipelines revise both once the rounds are known: auto_chunk_, auto_edge_).
   constexpr int32_t kPipelineChunk = 1024, kPipelineEdgeChunk = 512;
   const bool auto_chunk = opts_.chunk_size == 0;
   auto_chunk_ = auto_chunk;
@@ -203,7 +207,8 @@ void Engine::Impl::validate_options() {
   if (opts_.edge_chunk_size < -1)
     throw InvalidArgument("edge_chunk_size must be >= 1, 0 (automatic) or -1 (off), got " +
                           std::to_string(opts_.edge_chunk_size));
-  if (opts_.edge_chunk_size == 0) opts_.edge_chunk_size = pipeline && auto_chunk ? kPipelineEdgeChunk : -1;
+  auto_edge_ = opts_.edge_chunk_size == 0 && pipeline && auto_chunk;
+  if (opts_.edge_chunk_size == 0) opts_.edge_chunk_size = auto_edge_ ? kPipelineEdgeChunk : -1;
   if (opts_.block_size > 1024) throw InvalidArgument("block_size must be <= 1024, got " + std::to_string(opts_.block_size));
   if (opts_.max_model_len < 0) throw InvalidArgument("max_model_len must be positive");
   if (opts_.max_model_len == 0) opts_.max_model_len = std::min<int64_t>(cfg_.max_position_embeddings, 8192);

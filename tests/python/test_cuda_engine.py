@@ -3,6 +3,8 @@
 # Without a GPU every test here skips with the reason; CI has none, the GPU machine runs them.
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -16,6 +18,7 @@ needs_gpu = pytest.mark.skipif(
     NUM_GPUS < 1, reason="no CUDA device (or a build without the CUDA backend)"
 )
 needs_2_gpus = pytest.mark.skipif(NUM_GPUS < 2, reason="needs 2 CUDA devices")
+needs_3_gpus = pytest.mark.skipif(NUM_GPUS < 3, reason="needs 3 CUDA devices")
 needs_4_gpus = pytest.mark.skipif(NUM_GPUS < 4, reason="needs 4 CUDA devices")
 
 TOLERANCE = {"float32": 1e-3, "float16": 2e-2, "bfloat16": 6e-2}
@@ -217,6 +220,80 @@ def test_four_gpu_stages_equal_one(tiny_model, make_llm):
         ring.generate([LONG_PROMPT], greedy())[0].outputs[0].token_ids
         == one_8.generate([LONG_PROMPT], greedy())[0].outputs[0].token_ids
     )
+
+
+@needs_3_gpus
+@pytest.mark.parametrize("transport", ["peer", "host"])
+@pytest.mark.parametrize("graphs", [True, False])
+def test_three_gpu_stages_equal_one(tiny_model, make_llm, transport, graphs):
+    """Six layers on three GPUs, as a chain and as a ring of two rounds, chunked and in one chunk,
+    with and without decode graphs: the greedy tokens of one GPU."""
+    path = tiny_model("llama", layers=6)
+    prompts = [LONG_PROMPT, LONG_PROMPT[:30], LONG_PROMPT[5:90]]
+    one = [
+        o.outputs[0].token_ids
+        for o in make_llm(path, devices=[0], gpu_memory_utilization=GPU_SHARE).generate(
+            prompts, greedy(32)
+        )
+    ]
+    for interleave, chunk in ((1, 16), (2, 16), (2, 4096)):
+        llm = make_llm(
+            path,
+            devices=[0, 1, 2],
+            transport=transport,
+            interleave=interleave,
+            chunk_size=chunk,
+            use_cuda_graphs=graphs,
+            gpu_memory_utilization=GPU_SHARE,
+        )
+        got = [o.outputs[0].token_ids for o in llm.generate(prompts, greedy(32))]
+        assert got == one, f"interleave={interleave} chunk_size={chunk}"
+        stats = llm.stats()
+        assert stats["interleave"] == interleave and stats["blocks_used"] == 0
+        assert [s["layers"] for s in stats["stages"]] == [2, 2, 2]
+        assert all((s["graphs"] > 0) == graphs for s in stats["stages"])
+        llm.close()
+
+
+@needs_2_gpus
+def test_gpu_pipeline_preemption_and_aborts_free_every_stage(tiny_model, make_llm):
+    """Two GPUs, an interleaved ring: a pool that runs dry preempts and still gives the tokens of
+    a run without pressure; requests aborted mid-stream or before their first token leave no page
+    in use; the engine keeps serving."""
+    path = tiny_model("llama", layers=4)
+    prompts = [LONG_PROMPT[i : i + 20] for i in range(8)]
+    free = make_llm(path, devices=[0], gpu_memory_utilization=GPU_SHARE)
+    expected = [o.outputs[0].token_ids for o in free.generate(prompts, greedy(40))]
+    tight = make_llm(
+        path,
+        devices=[0, 1],
+        interleave=2,
+        kv_cache_tokens=96,
+        block_size=16,
+        gpu_memory_utilization=GPU_SHARE,
+    )
+    assert [o.outputs[0].token_ids for o in tight.generate(prompts, greedy(40))] == expected
+    stats = tight.stats()
+    assert stats["preemptions"] > 0 and stats["blocks_used"] == 0
+
+    long = SamplingParams(max_tokens=320, temperature=0, ignore_eos=True)  # within 512 positions
+    llm = make_llm(path, devices=[0, 1], interleave=2, gpu_memory_utilization=GPU_SHARE)
+    for ev in llm.stream(LONG_PROMPT, long):
+        assert ev.finish_reason is None
+        break
+    reqs = [llm.submit(LONG_PROMPT[: 3 + i], long) for i in range(4)]
+    assert reqs[0].next_event(timeout=30.0) is not None
+    for r in reqs:
+        r.abort()
+    llm.submit(LONG_PROMPT, long).abort()
+    deadline = time.monotonic() + 30.0
+    while time.monotonic() < deadline and (llm.stats()["running"] or llm.stats()["waiting"]):
+        time.sleep(0.01)
+    stats = llm.stats()
+    assert (stats["blocks_used"], stats["running"], stats["waiting"]) == (0, 0, 0)
+    out = llm.generate([LONG_PROMPT], greedy(4))[0].outputs[0]
+    assert out.finish_reason == "length" and len(out.token_ids) == 4
+    assert llm.healthy
 
 
 @needs_gpu
