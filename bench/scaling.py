@@ -19,6 +19,7 @@ import json
 import math
 import os
 import re
+import statistics
 import subprocess
 import sys
 import time
@@ -67,6 +68,7 @@ class Measure:
     values: list[float]
     mean: float
     sd: float
+    median: float  # what the tables show: one stray slow run moves a mean of 3 by a percent or more
     extra: dict[str, Any] = field(default_factory=dict)
     stages: list[dict[str, float]] | None = None
 
@@ -83,9 +85,9 @@ class ConfigResult:
     max_concurrency: int = 0  # what the max test ran (kv_holds, bounded by max_num_seqs)
     measures: dict[str, Measure] = field(default_factory=dict)
 
-    def mean(self, name: str) -> float | None:
+    def typical(self, name: str) -> float | None:
         m = self.measures.get(name)
-        return m.mean if m else None
+        return m.median if m else None
 
 
 # ---- devices -----------------------------------------------------------------------------------
@@ -118,9 +120,10 @@ def record(
     res: ConfigResult, name: str, values: list[float], wall: float, tl: Any, **extra: Any
 ) -> Measure:
     mean, sd = mean_sd(values)
-    m = Measure(name, values, mean, sd, {"wall_s": wall, **extra}, tl)
+    median = statistics.median(values) if values else 0.0
+    m = Measure(name, values, mean, sd, median, {"wall_s": wall, **extra}, tl)
     res.measures[name] = m
-    print(f"    {name}: {mean:.1f} ± {sd:.1f}", flush=True)
+    print(f"    {name}: median {median:.1f}, mean {mean:.1f} ± {sd:.1f}", flush=True)
     return m
 
 
@@ -208,8 +211,8 @@ def baseline(results: list[ConfigResult], cfg: Config) -> ConfigResult | None:
     return None
 
 
-def base_mean(b: ConfigResult | None, name: str) -> float | None:
-    return b.mean(name) if b is not None else None
+def base_typical(b: ConfigResult | None, name: str) -> float | None:
+    return b.typical(name) if b is not None else None
 
 
 def ratio(a: float | None, b: float | None) -> str:
@@ -255,29 +258,30 @@ def markdown(results: list[ConfigResult], args: argparse.Namespace, card: str, d
             lines.append(f"| {c.shape} | {c.gpus} | {c.transport} | - | {cap} | error: {reason} |")
             continue
         b = baseline(results, c)
-        ttft, ttft1 = r.mean("ttft"), base_mean(b, "ttft")
+        ttft, ttft1 = r.typical("ttft"), base_typical(b, "ttft")
         row = [
             c.shape,
             str(c.gpus),
             c.transport,
             str(r.interleave),
             cap,
-            num(r.mean(pp)),
-            ratio(r.mean(pp), base_mean(b, pp)),
+            num(r.typical(pp)),
+            ratio(r.typical(pp), base_typical(b, pp)),
             num(ttft, ".3f"),
             ratio(ttft, ttft1),
-            num(r.mean(tg), ".1f"),
-            ratio(r.mean(tg), base_mean(b, tg)),
-            *(num(r.mean(f"c{k}")) for k in cs),
+            num(r.typical(tg), ".1f"),
+            ratio(r.typical(tg), base_typical(b, tg)),
+            *(num(r.typical(f"c{k}")) for k in cs),
             str(r.kv_holds),
             str(r.max_concurrency),
-            num(r.mean("cmax")),
-            ratio(r.mean("cmax"), base_mean(b, "cmax")),
+            num(r.typical("cmax")),
+            ratio(r.typical("cmax"), base_typical(b, "cmax")),
         ]
         lines.append("| " + " | ".join(row) + " |")
     lines.append("")
     lines.append(
-        "×1: against 1 GPU with the same cap in the same run; ÷1: TTFT over 1 GPU's TTFT "
+        "Each figure the median of its runs. ×1: against 1 GPU with the same cap in the same run; "
+        "÷1: TTFT over 1 GPU's TTFT "
         "(lower is better); cmax: the largest concurrency the KV pool holds "
         f"({SEQ_TOKENS}-token sequences, at most --max-num-seqs={args.max_num_seqs})."
     )

@@ -50,6 +50,30 @@ std::vector<StageRange> plan_stages(int64_t num_layers, int num_stages, const st
   return out;
 }
 
+namespace {
+
+// The pipeline's first and last blocks: a prompt's chunks leave the first stage one block at a
+// time and the last finishes alone, so the ring's fill and drain each last about one chunk on
+// those blocks. One layer there, the rest one each to the device's middle blocks (which keeps its
+// total, and so the pace of every stage): a schedule model of 2 stages, 8 rounds, 2048-token
+// chunks of an 8192 prompt gives 1.915x one card instead of 1.883x. Only while no other block
+// grows by more than one layer; with fewer rounds the grown blocks would stall the ring instead.
+void thin_block(std::vector<int64_t>& blocks, int thin) {
+  const int rounds = static_cast<int>(blocks.size());
+  const int64_t spare = blocks[thin] - 1;
+  if (spare < 1 || spare > rounds - 1) return;
+  std::vector<int> others;
+  for (int j = 0; j < rounds; ++j)
+    if (j != thin) others.push_back(j);
+  const double middle = (rounds - 1) / 2.0;
+  std::stable_sort(others.begin(), others.end(),
+                   [middle](int a, int b) { return std::abs(a - middle) < std::abs(b - middle); });
+  blocks[thin] = 1;
+  for (int64_t k = 0; k < spare; ++k) blocks[others[k]] += 1;
+}
+
+}  // namespace
+
 std::vector<StageRange> interleave_stages(const std::vector<StageRange>& per_device, int rounds) {
   const int S = static_cast<int>(per_device.size());
   if (rounds < 1) throw InvalidArgument("interleave must be >= 1 (or 0 for automatic), got " + std::to_string(rounds));
@@ -59,14 +83,22 @@ std::vector<StageRange> interleave_stages(const std::vector<StageRange>& per_dev
       throw InvalidArgument("interleave " + std::to_string(rounds) + " needs at least " + std::to_string(rounds) +
                             " layers on every device, but stage " + std::to_string(d) + " has " + std::to_string(n));
   }
+  // counts[d][j]: layers of device d's block in round j.
+  std::vector<std::vector<int64_t>> counts(S);
+  for (int d = 0; d < S; ++d) {
+    const int64_t n = per_device[d].end - per_device[d].begin;
+    for (int j = 0; j < rounds; ++j) counts[d].push_back(n / rounds + (j < n % rounds ? 1 : 0));
+  }
+  if (S > 1 && rounds > 1) {
+    thin_block(counts[0], 0);
+    thin_block(counts[S - 1], rounds - 1);
+  }
   std::vector<StageRange> out;
   int64_t at = per_device.empty() ? 0 : per_device.front().begin;
   for (int j = 0; j < rounds; ++j) {
     for (int d = 0; d < S; ++d) {
-      const int64_t n = per_device[d].end - per_device[d].begin;
-      const int64_t c = n / rounds + (j < n % rounds ? 1 : 0);
-      out.push_back({at, at + c});
-      at += c;
+      out.push_back({at, at + counts[d][j]});
+      at += counts[d][j];
     }
   }
   return out;

@@ -47,11 +47,25 @@ TEST(StagePlan, InterleaveCutsEachDeviceShareIntoRoundRobinBlocks) {
   // 14 + 18 layers, 2 rounds: device 0 runs 7 + 7, device 1 runs 9 + 9, in the order d0 d1 d0 d1.
   auto blocks = interleave_stages(plan_stages(32, 2, {14, 18}), 2);
   EXPECT_EQ(counts(blocks), (std::vector<int64_t>{7, 9, 7, 9}));
-  // An uneven share gives its remainder to the earlier rounds; every layer is placed once.
+  // An uneven share gives its remainder to the earlier rounds; every layer is placed once. The
+  // first block (device 0: 3 2 3 -> 1 4 3) and the last (device 3: 3 2 2 -> 3 3 1) thin to one layer.
   auto c = counts(interleave_stages(plan_stages(30, 4, {}), 3));  // shares 8 8 7 7
-  EXPECT_EQ(c, (std::vector<int64_t>{3, 3, 3, 3, 3, 3, 2, 2, 2, 2, 2, 2}));
+  EXPECT_EQ(c, (std::vector<int64_t>{1, 3, 3, 3, 4, 3, 2, 3, 3, 2, 2, 1}));
   // One round is the plain split.
   EXPECT_EQ(counts(interleave_stages(plan_stages(32, 2, {}), 1)), (std::vector<int64_t>{16, 16}));
+}
+
+TEST(StagePlan, InterleaveThinsThePipelinesFirstAndLastBlocks) {
+  using ember::interleave_stages;
+  // 2 devices, 8 rounds of 2 layers: the first and last blocks hold one layer, the middle block of
+  // the same device one more; each device keeps its 16 layers.
+  auto c = counts(interleave_stages(plan_stages(32, 2, {}), 8));
+  EXPECT_EQ(c, (std::vector<int64_t>{1, 2, 2, 2, 2, 2, 3, 3, 2, 2, 2, 2, 2, 2, 2, 1}));
+  // 4 rounds of 4 layers: 1 5 5 5 and 5 5 5 1.
+  EXPECT_EQ(counts(interleave_stages(plan_stages(32, 2, {}), 4)), (std::vector<int64_t>{1, 5, 5, 5, 5, 5, 5, 1}));
+  // Blocks of one layer stay; so do blocks too large for the others to take the rest.
+  EXPECT_EQ(counts(interleave_stages(plan_stages(32, 4, {}), 8)), std::vector<int64_t>(32, 1));
+  EXPECT_EQ(counts(interleave_stages(plan_stages(64, 2, {}), 4)), std::vector<int64_t>(8, 8));
 }
 
 TEST(StagePlan, InterleaveIsChecked) {

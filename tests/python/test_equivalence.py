@@ -116,8 +116,21 @@ def test_interleaved_stages_equal_one_stage(
     assert llm.stats()["blocks_used"] == 0
 
 
+def test_interleaved_ring_with_thinned_ends(tiny_model, make_llm):
+    """Eight layers on two stages in two rounds: the pipeline's first and last blocks thin to one
+    layer (blocks of 1 3 | 3 1); batches go round the ring and give one stage's tokens, logits."""
+    model = tiny_model("llama", layers=8)
+    ids_1, logits_1 = run(make_llm(model), [LONG_PROMPT] + PROMPTS[:3], 6)
+    llm = make_llm(model, devices=["cpu", "cpu"], interleave=2, chunk_size=24)
+    assert [(s["layers"], s["blocks"]) for s in llm.stats()["stages"]] == [(4, 2), (4, 2)]
+    ids_2, logits_2 = run(llm, [LONG_PROMPT] + PROMPTS[:3], 6)
+    assert_same(ids_2, logits_2, ids_1, logits_1)
+    assert llm.stats()["blocks_used"] == 0
+
+
 def test_interleaved_three_stages_with_uneven_blocks(tiny_model, make_llm):
-    """Seven layers over three stages (3, 2, 2) in two rounds: blocks of 2 1 1 | 1 1 1 layers."""
+    """Seven layers over three stages (3, 2, 2) in two rounds: blocks of 1 1 1 | 2 1 1 layers (the
+    pipeline's first block thinned to one layer, its other layer moved to the stage's next one)."""
     model = tiny_model("llama", layers=7)
     one = make_llm(model)
     ids_1, logits_1 = run(one, [LONG_PROMPT] + PROMPTS[:3], 6)
