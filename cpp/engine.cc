@@ -142,8 +142,8 @@ Engine::Impl::Impl(const EngineOptions& opts) : opts_(opts) {
   validate_options();
   build_stages(files);
   if (auto_chunk_ && rounds_ > 1) {
-    // Interleaved, fill and drain cost a block of one chunk, 1/rounds of a stage's share, so the
-    // chunks can be larger (and run closer to one whole prompt's efficiency): as large as cuts an
+    // Interleaved, fill and drain cost a block of one chunk (1/rounds of a stage's share, or one
+    // layer where interleave_stages thins the pipeline's ends), so the chunks can be larger (and run closer to one whole prompt's efficiency): as large as cuts an
     // 8192-token prompt into 2S chunks, the fewest that keep a ring of S stages busy; at least 512.
     // Edge chunks then shorten neither fill nor drain (the ring idles on its largest middle block)
     // and run at a small chunk's efficiency: off (2 H200s, 8192 prompt: 1.85x without, 1.82x with).

@@ -37,7 +37,8 @@ struct EngineOptions {
   // interleaved 8192 / (2 * stages) rounded down to a power of two, at least 512.
   int32_t chunk_size = 0;
   // A prompt's first and last chunks when smaller than chunk_size (pipelines fill and drain on
-  // them); 0 = automatic (512 on a chain of stages, off when interleaved), -1 = off.
+  // them); 0 = automatic (512 on a chain of stages with the automatic chunk_size, otherwise
+  // off), -1 = off.
   int32_t edge_chunk_size = 0;
   int32_t num_threads = 0;                  // CPU backend threads per stage; 0 = all cores
   int64_t max_memory = 0;                   // bytes each GPU may use (emulates smaller cards); 0 = all

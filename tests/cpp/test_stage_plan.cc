@@ -1,6 +1,8 @@
 // Layer splits: even by default, proportional to free memory when given, explicit splits checked.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+
 #include "ember/error.h"
 #include "pipeline/stage_plan.h"
 
@@ -48,7 +50,7 @@ TEST(StagePlan, InterleaveCutsEachDeviceShareIntoRoundRobinBlocks) {
   auto blocks = interleave_stages(plan_stages(32, 2, {14, 18}), 2);
   EXPECT_EQ(counts(blocks), (std::vector<int64_t>{7, 9, 7, 9}));
   // An uneven share gives its remainder to the earlier rounds; every layer is placed once. The
-  // first block (device 0: 3 2 3 -> 1 4 3) and the last (device 3: 3 2 2 -> 3 3 1) thin to one layer.
+  // first block (device 0: 3 3 2 -> 1 4 3) and the last (device 3: 3 2 2 -> 3 3 1) thin to one layer.
   auto c = counts(interleave_stages(plan_stages(30, 4, {}), 3));  // shares 8 8 7 7
   EXPECT_EQ(c, (std::vector<int64_t>{1, 3, 3, 3, 4, 3, 2, 3, 3, 2, 2, 1}));
   // One round is the plain split.
@@ -66,6 +68,18 @@ TEST(StagePlan, InterleaveThinsThePipelinesFirstAndLastBlocks) {
   // Blocks of one layer stay; so do blocks too large for the others to take the rest.
   EXPECT_EQ(counts(interleave_stages(plan_stages(32, 4, {}), 8)), std::vector<int64_t>(32, 1));
   EXPECT_EQ(counts(interleave_stages(plan_stages(64, 2, {}), 4)), std::vector<int64_t>(8, 8));
+  // 80 layers, 4 devices, 8 rounds (blocks 3 3 3 3 2 2 2 2): the spare layers go to the smaller
+  // blocks, so that no block grows past the largest (device 0: 1 3 3 3 3 3 2 2; device 3, whose
+  // last block had 2 layers: 3 3 3 3 3 2 2 1).
+  auto big = counts(interleave_stages(plan_stages(80, 4, {}), 8));
+  std::vector<int64_t> first, last;
+  for (int j = 0; j < 8; ++j) {
+    first.push_back(big[j * 4]);
+    last.push_back(big[j * 4 + 3]);
+  }
+  EXPECT_EQ(first, (std::vector<int64_t>{1, 3, 3, 3, 3, 3, 2, 2}));
+  EXPECT_EQ(last, (std::vector<int64_t>{3, 3, 3, 3, 3, 2, 2, 1}));
+  EXPECT_EQ(*std::max_element(big.begin(), big.end()), 3);
 }
 
 TEST(StagePlan, InterleaveIsChecked) {

@@ -285,9 +285,16 @@ def test_gpu_pipeline_preemption_and_aborts_free_every_stage(tiny_model, make_ll
     assert reqs[0].next_event(timeout=30.0) is not None
     for r in reqs:
         r.abort()
-    llm.submit(LONG_PROMPT, long).abort()
+    before_first_token = llm.submit(LONG_PROMPT, long)
+    before_first_token.abort()
     deadline = time.monotonic() + 30.0
-    while time.monotonic() < deadline and (llm.stats()["running"] or llm.stats()["waiting"]):
+    for r in [*reqs, before_first_token]:  # each ends with an abort (320 tokens never finish here)
+        last = None
+        while last is None or last.finish_reason is None:
+            assert time.monotonic() < deadline, "no final event after abort"
+            last = r.next_event(timeout=1.0)
+        assert last.finish_reason == "abort"
+    while time.monotonic() < deadline and llm.stats()["blocks_used"]:
         time.sleep(0.01)
     stats = llm.stats()
     assert (stats["blocks_used"], stats["running"], stats["waiting"]) == (0, 0, 0)
