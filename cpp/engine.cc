@@ -605,12 +605,15 @@ void Engine::Impl::publish_stats() {
   st.num_stages = static_cast<int64_t>(stages_.size());
   st.interleave = rounds_;
   st.max_model_len = opts_.max_model_len;
+  st.chunk_size = opts_.chunk_size;
+  st.edge_chunk_size = std::max(0, opts_.edge_chunk_size);
   for (auto& w : stages_) {
     StageStats ss;
     ss.device = w->backend().name();
     ss.transport = w->transport_name();
     ss.layers = w->num_layers();
     ss.blocks = w->num_blocks();
+    ss.block_layers = w->block_layers();
     ss.weight_bytes = static_cast<int64_t>(w->weight_bytes());
     const StageTimes t = w->times();
     ss.compute_s = t.compute_s;

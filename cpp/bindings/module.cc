@@ -78,6 +78,8 @@ nb::dict stats_dict(const EngineStats& s) {
   d["num_stages"] = s.num_stages;
   d["interleave"] = s.interleave;
   d["max_model_len"] = s.max_model_len;
+  d["chunk_size"] = s.chunk_size;
+  d["edge_chunk_size"] = s.edge_chunk_size;
   nb::list stages;
   for (const StageStats& st : s.stages) {
     nb::dict sd;
@@ -85,6 +87,9 @@ nb::dict stats_dict(const EngineStats& s) {
     sd["transport"] = st.transport;
     sd["layers"] = st.layers;
     sd["blocks"] = st.blocks;
+    nb::list block_layers;
+    for (int64_t n : st.block_layers) block_layers.append(n);
+    sd["block_layers"] = block_layers;
     sd["compute_s"] = st.compute_s;
     sd["copy_s"] = st.copy_s;
     sd["batches"] = st.batches;

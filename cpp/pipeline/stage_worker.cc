@@ -30,6 +30,12 @@ int64_t StageWorker::num_layers() const {
   return n;
 }
 
+std::vector<int64_t> StageWorker::block_layers() const {
+  std::vector<int64_t> n;
+  for (const auto& b : blocks_) n.push_back(b->num_layers());
+  return n;
+}
+
 size_t StageWorker::weight_bytes() const {
   size_t n = 0;
   for (const auto& b : blocks_) n += b->weight_bytes();

@@ -69,6 +69,7 @@ class StageWorker {
   int64_t num_layers() const;
   size_t weight_bytes() const;
   int num_blocks() const { return static_cast<int>(blocks_.size()); }
+  std::vector<int64_t> block_layers() const;
   DType activation_dtype() const { return blocks_.front()->activation_dtype(); }
   void* slot_buffer(int slot) const { return slots_[slot].get(); }
   std::string transport_name() const { return to_next_ ? to_next_->name() : "-"; }

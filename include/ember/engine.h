@@ -65,6 +65,7 @@ struct StageStats {
   std::string transport;  // to the next stage ("-" for the last of a chain; a ring's links back)
   int64_t layers = 0;
   int64_t blocks = 1;     // blocks of layers (interleave)
+  std::vector<int64_t> block_layers;  // layers of each block, in pipeline order
   double compute_s = 0.0;
   double copy_s = 0.0;
   int64_t batches = 0;    // blocks run (a batch counts once per block it passes here)
@@ -86,6 +87,8 @@ struct EngineStats {
   int64_t num_stages = 0;
   int64_t interleave = 1;
   int64_t max_model_len = 0;
+  int64_t chunk_size = 0;       // the prefill chunk the engine settled on (given or automatic)
+  int64_t edge_chunk_size = 0;  // a prompt's first and last chunks; 0 = off
   std::vector<StageStats> stages;
 };
 

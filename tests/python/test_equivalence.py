@@ -122,10 +122,24 @@ def test_interleaved_ring_with_thinned_ends(tiny_model, make_llm):
     model = tiny_model("llama", layers=8)
     ids_1, logits_1 = run(make_llm(model), [LONG_PROMPT] + PROMPTS[:3], 6)
     llm = make_llm(model, devices=["cpu", "cpu"], interleave=2, chunk_size=24)
-    assert [(s["layers"], s["blocks"]) for s in llm.stats()["stages"]] == [(4, 2), (4, 2)]
+    assert [s["block_layers"] for s in llm.stats()["stages"]] == [[1, 3], [3, 1]]
     ids_2, logits_2 = run(llm, [LONG_PROMPT] + PROMPTS[:3], 6)
     assert_same(ids_2, logits_2, ids_1, logits_1)
     assert llm.stats()["blocks_used"] == 0
+
+
+def test_automatic_chunks_follow_the_pipeline(four_layer_model, make_llm):
+    """One stage takes the whole step budget; a chain of stages 1024-token chunks with 512-token
+    edges; an interleaved ring 8192 / 2S (2048 here) without edges; a given chunk_size no edges."""
+    def chunks(**options):
+        stats = make_llm(four_layer_model, **options).stats()
+        return stats["chunk_size"], stats["edge_chunk_size"]
+
+    assert chunks() == (2048, 0)
+    assert chunks(devices=["cpu", "cpu"]) == (1024, 512)
+    assert chunks(devices=["cpu", "cpu"], interleave=2) == (2048, 0)
+    assert chunks(devices=["cpu", "cpu"], chunk_size=24) == (24, 0)
+    assert chunks(devices=["cpu", "cpu"], chunk_size=24, edge_chunk_size=8) == (24, 8)
 
 
 def test_interleaved_three_stages_with_uneven_blocks(tiny_model, make_llm):
@@ -135,8 +149,7 @@ def test_interleaved_three_stages_with_uneven_blocks(tiny_model, make_llm):
     one = make_llm(model)
     ids_1, logits_1 = run(one, [LONG_PROMPT] + PROMPTS[:3], 6)
     llm = make_llm(model, devices=["cpu"] * 3, interleave=2, chunk_size=24)
-    assert [s["blocks"] for s in llm.stats()["stages"]] == [2, 2, 2]
-    assert [s["layers"] for s in llm.stats()["stages"]] == [3, 2, 2]
+    assert [s["block_layers"] for s in llm.stats()["stages"]] == [[1, 2], [1, 1], [1, 1]]
     ids_3, logits_3 = run(llm, [LONG_PROMPT] + PROMPTS[:3], 6)
     assert_same(ids_3, logits_3, ids_1, logits_1)
 
