@@ -143,8 +143,9 @@ Engine::Impl::Impl(const EngineOptions& opts) : opts_(opts) {
   build_stages(files);
   if (auto_chunk_ && rounds_ > 1) {
     // Interleaved, fill and drain cost a block of one chunk (1/rounds of a stage's share, or one
-    // layer where interleave_stages thins the pipeline's ends), so the chunks can be larger (and run closer to one whole prompt's efficiency): as large as cuts an
-    // 8192-token prompt into 2S chunks, the fewest that keep a ring of S stages busy; at least 512.
+    // layer where interleave_stages thins the pipeline's ends), so the chunks can be larger (and
+    // run closer to one whole prompt's efficiency): as large as cuts an 8192-token prompt into 2S
+    // chunks, the fewest that keep a ring of S stages busy; at least 512.
     // Edge chunks then shorten neither fill nor drain (the ring idles on its largest middle block)
     // and run at a small chunk's efficiency: off (2 H200s, 8192 prompt: 1.85x without, 1.82x with).
     if (auto_edge_) opts_.edge_chunk_size = -1;
@@ -310,6 +311,10 @@ void Engine::Impl::build_stages(const ModelFiles& files) {
                           ? load_stage_weights(cfg_, *files.weights, *backends[s], plan[p].begin, plan[p].end, first, last)
                           : random_stage_weights(cfg_, *backends[s], plan[p].begin, plan[p].end, first, last, 1234));
   }
+  // Each stage computes in one activation dtype, that of its first block (position s): its KV
+  // pages and its workspace are made in it.
+  std::vector<DType> acts;
+  for (int s = 0; s < S; ++s) acts.push_back(DecoderStage::activation_dtype_for(weights[s], *backends[s]));
   // KV pool: the same page count on every stage, sized by the tightest one.
   int64_t tokens = opts_.kv_cache_tokens;
   if (tokens == 0) {
@@ -319,9 +324,8 @@ void Engine::Impl::build_stages(const ModelFiles& files) {
       const double frac = opts_.kv_memory_fraction > 0 ? opts_.kv_memory_fraction : 0.98;
       int64_t best = -1;
       for (int s = 0; s < S; ++s) {
-        const DType act = DecoderStage::activation_dtype_for(weights[s], *backends[s]);
         const int64_t layers = shares[s].end - shares[s].begin;
-        const int64_t per_token = 2 * layers * cfg_.kv_size() * static_cast<int64_t>(dtype_size(act));
+        const int64_t per_token = 2 * layers * cfg_.kv_size() * static_cast<int64_t>(dtype_size(acts[s]));
         // What the reservation still holds once the workspace and activation slots are set aside.
         const int64_t free_bytes = static_cast<int64_t>(backend_free_bytes(*backends[s])) - workspace;
         const int64_t t = static_cast<int64_t>(std::max<int64_t>(free_bytes, 0) * frac) / std::max<int64_t>(per_token, 1);
@@ -336,8 +340,7 @@ void Engine::Impl::build_stages(const ModelFiles& files) {
   blocks_ = std::make_unique<BlockManager>(num_blocks_, opts_.block_size);
 
   for (int s = 0; s < S; ++s) {
-    const DType act = DecoderStage::activation_dtype_for(weights[s], *backends[s]);
-    auto ws = std::make_shared<const DecoderWorkspace>(cfg_, *backends[s], act, max_tokens, max_logits,
+    auto ws = std::make_shared<const DecoderWorkspace>(cfg_, *backends[s], acts[s], max_tokens, max_logits,
                                                        /*logits=*/(P - 1) % S == s);
     std::vector<std::unique_ptr<DecoderStage>> blocks;
     for (int p = s; p < P; p += S)

@@ -287,12 +287,11 @@ bool cuda_transport_is_peer(CudaBackend& from, CudaBackend& to, const std::strin
 
 std::unique_ptr<Transport> make_cuda_transport(CudaBackend& from, CudaBackend& to, const std::string& mode,
                                                size_t max_bytes, int num_slots) {
-  const bool can = can_reach(from, to);
-  if (mode == "host") return std::make_unique<PinnedHostTransport>(from, to, max_bytes, num_slots);
-  if (mode == "peer" && !can)
+  const bool peer = cuda_transport_is_peer(from, to, mode);
+  if (mode == "peer" && !peer)
     throw InvalidArgument("transport=\"peer\" but cuda:" + std::to_string(from.device()) + " cannot access cuda:" +
                           std::to_string(to.device()) + " directly; use \"host\" or \"auto\"");
-  if (can) return std::make_unique<PeerTransport>(from, to, num_slots);
+  if (peer) return std::make_unique<PeerTransport>(from, to, num_slots);
   return std::make_unique<PinnedHostTransport>(from, to, max_bytes, num_slots);
 }
 

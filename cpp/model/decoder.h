@@ -50,7 +50,6 @@ class DecoderStage {
   bool is_last() const { return last_; }
   DType activation_dtype() const { return act_dtype_; }
   int64_t num_layers() const { return weights_.layer_end - weights_.layer_begin; }
-  int64_t layer_begin() const { return weights_.layer_begin; }
   size_t weight_bytes() const { return weights_.bytes; }
 
   // x: [T, H] residual stream. The first stage fills it from the token ids.
