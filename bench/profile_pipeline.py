@@ -11,6 +11,9 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+# The runs are written as for chunk_sweep.py (bench/ is on the path of a script run from it).
+from chunk_sweep import configs
+
 
 def per_device(prof: Any) -> dict[int, list[tuple[float, float, str]]]:
     out: dict[int, list[tuple[float, float, str]]] = defaultdict(list)
@@ -115,9 +118,9 @@ def main() -> None:
     results = [run([0], args.prompt, None, None)]
     for item in args.chunks.split(","):
         gpus, _, spec = item.rpartition("@")
-        f = [int(x) for x in spec.split(":")] + [0, 0, 0]
+        chunk, edge, interleave, batches = configs(spec)[0]
         devices = list(range(int(gpus) if gpus else args.gpus))
-        results.append(run(devices, args.prompt, f[0], f[1], f[2], f[3], args.transport))
+        results.append(run(devices, args.prompt, chunk, edge, interleave, batches, args.transport))
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
 

@@ -25,10 +25,17 @@ TOLERANCE = {"float32": 1e-3, "float16": 2e-2, "bfloat16": 6e-2}
 # Every engine reserves this fraction of the card, so that a test can hold several at once.
 GPU_SHARE = 0.15
 LONG_PROMPT = [(i * 31 + 7) % 500 + 5 for i in range(150)]
+# A long prompt and two shorter ones, batched: the pipeline tests' workload.
+PIPELINE_PROMPTS = [LONG_PROMPT, LONG_PROMPT[:30], LONG_PROMPT[5:90]]
 
 
 def greedy(max_tokens: int = 12) -> SamplingParams:
     return SamplingParams(max_tokens=max_tokens, temperature=0, ignore_eos=True)
+
+
+def greedy_ids(llm: ember.LLM, prompts: list[list[int]], max_tokens: int = 12) -> list[list[int]]:
+    """Each prompt's greedy tokens, the prompts generated in one batch."""
+    return [o.outputs[0].token_ids for o in llm.generate(prompts, greedy(max_tokens))]
 
 
 @needs_gpu
@@ -65,12 +72,12 @@ def test_gpu_chunked_prefill_batching_and_graphs_agree(tiny_model, make_llm):
     path = tiny_model("llama")
     prompts = [LONG_PROMPT[i:] for i in range(0, 64, 8)]
     base = make_llm(path, devices=[0], gpu_memory_utilization=GPU_SHARE, use_cuda_graphs=False)
-    expected = [o.outputs[0].token_ids for o in base.generate(prompts, greedy())]
+    expected = greedy_ids(base, prompts)
     alone = [base.generate([p], greedy())[0].outputs[0].token_ids for p in prompts]
     assert alone == expected
     for chunk in (1, 7, 64):
         llm = make_llm(path, devices=[0], gpu_memory_utilization=GPU_SHARE, chunk_size=chunk)
-        got = [o.outputs[0].token_ids for o in llm.generate(prompts, greedy())]
+        got = greedy_ids(llm, prompts)
         assert got == expected, f"chunk_size={chunk}"
 
 
@@ -80,11 +87,11 @@ def test_gpu_preemption_frees_everything(tiny_model, make_llm):
     # 8 requests of 20 + 40 tokens (4 pages each) over 6 pages: the running ones must preempt.
     prompts = [LONG_PROMPT[i : i + 20] for i in range(8)]
     free = make_llm(path, devices=[0], gpu_memory_utilization=GPU_SHARE)
-    expected = [o.outputs[0].token_ids for o in free.generate(prompts, greedy(40))]
+    expected = greedy_ids(free, prompts, 40)
     tight = make_llm(
         path, devices=[0], gpu_memory_utilization=GPU_SHARE, kv_cache_tokens=96, block_size=16
     )
-    got = [o.outputs[0].token_ids for o in tight.generate(prompts, greedy(40))]
+    got = greedy_ids(tight, prompts, 40)
     assert got == expected
     stats = tight.stats()
     assert stats["preemptions"] > 0
@@ -115,13 +122,8 @@ def test_gpu_random_model_of_real_shape_runs(make_llm):
 @pytest.mark.parametrize("transport", ["peer", "host"])
 def test_two_gpu_stages_equal_one(tiny_model, make_llm, transport):
     path = tiny_model("llama", layers=4)
-    prompts = [LONG_PROMPT, LONG_PROMPT[:30], LONG_PROMPT[5:90]]
-    one = [
-        o.outputs[0].token_ids
-        for o in make_llm(path, devices=[0], gpu_memory_utilization=GPU_SHARE).generate(
-            prompts, greedy()
-        )
-    ]
+    prompts = PIPELINE_PROMPTS
+    one = greedy_ids(make_llm(path, devices=[0], gpu_memory_utilization=GPU_SHARE), prompts)
     llm = make_llm(
         path,
         devices=[0, 1],
@@ -130,7 +132,7 @@ def test_two_gpu_stages_equal_one(tiny_model, make_llm, transport):
         gpu_memory_utilization=GPU_SHARE,
         chunk_size=32,
     )
-    two = [o.outputs[0].token_ids for o in llm.generate(prompts, greedy())]
+    two = greedy_ids(llm, prompts)
     assert two == one
     stages = llm.stats()["stages"]
     assert [s["transport"] for s in stages] == [transport, "-"]
@@ -144,13 +146,8 @@ def test_two_gpu_interleaved_stages_equal_one(tiny_model, make_llm, transport, i
     """Eight layers in blocks placed round-robin on two GPUs: prefill chunks and decode steps
     (graphs replayed per block) go round the ring and give the same greedy tokens."""
     path = tiny_model("llama", layers=8)
-    prompts = [LONG_PROMPT, LONG_PROMPT[:30], LONG_PROMPT[5:90]]
-    one = [
-        o.outputs[0].token_ids
-        for o in make_llm(path, devices=[0], gpu_memory_utilization=GPU_SHARE).generate(
-            prompts, greedy(20)
-        )
-    ]
+    prompts = PIPELINE_PROMPTS
+    one = greedy_ids(make_llm(path, devices=[0], gpu_memory_utilization=GPU_SHARE), prompts, 20)
     llm = make_llm(
         path,
         devices=[0, 1],
@@ -159,7 +156,7 @@ def test_two_gpu_interleaved_stages_equal_one(tiny_model, make_llm, transport, i
         gpu_memory_utilization=GPU_SHARE,
         chunk_size=32,
     )
-    assert [o.outputs[0].token_ids for o in llm.generate(prompts, greedy(20))] == one
+    assert greedy_ids(llm, prompts, 20) == one
     alone = [llm.generate([p], greedy(20))[0].outputs[0].token_ids for p in prompts]
     assert alone == one
     stats = llm.stats()
@@ -229,13 +226,8 @@ def test_three_gpu_stages_equal_one(tiny_model, make_llm, transport, graphs):
     """Six layers on three GPUs, as a chain and as a ring of two rounds, chunked and in one chunk,
     with and without decode graphs: the greedy tokens of one GPU."""
     path = tiny_model("llama", layers=6)
-    prompts = [LONG_PROMPT, LONG_PROMPT[:30], LONG_PROMPT[5:90]]
-    one = [
-        o.outputs[0].token_ids
-        for o in make_llm(path, devices=[0], gpu_memory_utilization=GPU_SHARE).generate(
-            prompts, greedy(32)
-        )
-    ]
+    prompts = PIPELINE_PROMPTS
+    one = greedy_ids(make_llm(path, devices=[0], gpu_memory_utilization=GPU_SHARE), prompts, 32)
     for interleave, chunk in ((1, 16), (2, 16), (2, 4096)):
         llm = make_llm(
             path,
@@ -246,7 +238,7 @@ def test_three_gpu_stages_equal_one(tiny_model, make_llm, transport, graphs):
             use_cuda_graphs=graphs,
             gpu_memory_utilization=GPU_SHARE,
         )
-        got = [o.outputs[0].token_ids for o in llm.generate(prompts, greedy(32))]
+        got = greedy_ids(llm, prompts, 32)
         assert got == one, f"interleave={interleave} chunk_size={chunk}"
         stats = llm.stats()
         assert stats["interleave"] == interleave and stats["blocks_used"] == 0
@@ -263,7 +255,7 @@ def test_gpu_pipeline_preemption_and_aborts_free_every_stage(tiny_model, make_ll
     path = tiny_model("llama", layers=4)
     prompts = [LONG_PROMPT[i : i + 20] for i in range(8)]
     free = make_llm(path, devices=[0], gpu_memory_utilization=GPU_SHARE)
-    expected = [o.outputs[0].token_ids for o in free.generate(prompts, greedy(40))]
+    expected = greedy_ids(free, prompts, 40)
     tight = make_llm(
         path,
         devices=[0, 1],
@@ -272,7 +264,7 @@ def test_gpu_pipeline_preemption_and_aborts_free_every_stage(tiny_model, make_ll
         block_size=16,
         gpu_memory_utilization=GPU_SHARE,
     )
-    assert [o.outputs[0].token_ids for o in tight.generate(prompts, greedy(40))] == expected
+    assert greedy_ids(tight, prompts, 40) == expected
     stats = tight.stats()
     assert stats["preemptions"] > 0 and stats["blocks_used"] == 0
 
